@@ -1,0 +1,74 @@
+"""The one place the model reaches into ``glm52_ext``: every op the layers call comes from here.
+
+``quant_fp8_per_token_group`` and ``dequant_fp8_block`` are the extension's ops. ``moe_route``,
+``topk_indices`` and ``sparse_mla_prefill`` follow the ``torch.ops.glm52`` contracts of DESIGN §3
+in plain PyTorch until those ops land in ``glm52_ext.ops``; then they become imports here and no
+layer changes.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from glm52_ext.reference import dequant_fp8_block, quant_fp8_per_token_group
+
+__all__ = ["dequant_fp8_block", "moe_route", "quant_fp8_per_token_group", "sparse_mla_prefill", "topk_indices"]
+
+
+def moe_route(
+    logits: torch.Tensor,
+    bias: torch.Tensor,
+    top_k: int,
+    n_group: int,
+    topk_group: int,
+    scaling: float,
+    renormalize: bool,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Sigmoid routing with group-limited top-k (DESIGN §2.1) -> (weights fp32 [T, k], ids int32 [T, k]).
+
+    ``bias`` (the correction bias) only steers selection; weights come from the unbiased scores.
+    Ties go to the lower expert (or group) id.
+    """
+    t, e = logits.shape
+    scores = logits.float().sigmoid()
+    choice = scores + bias.float()
+    if n_group > 1:
+        grouped = choice.view(t, n_group, e // n_group)
+        group_scores = grouped.topk(2, dim=-1).values.sum(dim=-1)
+        keep = _top(group_scores, topk_group)
+        group_mask = torch.zeros_like(group_scores, dtype=torch.bool).scatter_(1, keep, True)
+        choice = choice.masked_fill(~group_mask.repeat_interleave(e // n_group, dim=1), float("-inf"))
+    ids = _top(choice, top_k)
+    weights = scores.gather(1, ids)
+    if renormalize:
+        weights = weights / (weights.sum(dim=-1, keepdim=True) + 1e-20)
+    return weights * scaling, ids.to(torch.int32)
+
+
+def _top(x: torch.Tensor, k: int) -> torch.Tensor:
+    """Indices of the ``k`` largest entries per row, ties to the lower index (a stable sort)."""
+    return torch.sort(x, dim=-1, descending=True, stable=True).indices[:, :k]
+
+
+def topk_indices(logits: torch.Tensor, k: int) -> torch.Tensor:
+    """The ``k`` largest finite entries of each row of ``logits [..., L]`` as int32, −1 padded."""
+    k = min(k, logits.shape[-1])
+    values, idx = logits.topk(k, dim=-1)
+    return torch.where(torch.isfinite(values), idx, -1).to(torch.int32)
+
+
+def sparse_mla_prefill(
+    q: torch.Tensor, kv: torch.Tensor, indices: torch.Tensor, sm_scale: float, d_v: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Latent attention over selected keys: ``q [S, H, D]``, ``kv [L, D]``, ``indices [S, k]`` (−1 ignored).
+
+    The value of key ``t`` is ``kv[t, :d_v]`` (the ``c_kv`` part of ``[c_kv | k_pe]``). Returns
+    ``(out [S, H, d_v], lse [S, H])`` in fp32 accumulation, ``out`` in ``q``'s dtype.
+    """
+    valid = indices >= 0
+    keys = kv[indices.clamp_min(0).long()].float()  # [S, k, D]
+    scores = torch.einsum("shd,skd->shk", q.float(), keys) * sm_scale
+    scores = scores.masked_fill(~valid[:, None, :], float("-inf"))
+    lse = torch.logsumexp(scores, dim=-1)
+    out = torch.einsum("shk,skc->shc", torch.exp(scores - lse[..., None]), keys[..., :d_v])
+    return out.to(q.dtype), lse

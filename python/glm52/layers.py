@@ -1,0 +1,159 @@
+"""Building blocks: RMSNorm, LayerNorm, (FP8-capable) Linear, interleaved RoPE, SwiGLU MLP, MoE.
+
+Sizes that a tensor- or expert-parallel split would shard (intermediate sizes, the range of local
+experts) are constructor arguments, so a parallel wrapper can build shards of these same modules.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from . import kernels
+from .config import GLM52Config
+
+
+def _param(*shape: int) -> nn.Parameter:
+    return nn.Parameter(torch.empty(*shape), requires_grad=False)
+
+
+class RMSNorm(nn.Module):
+    """``x * rsqrt(mean(x^2) + eps) * w`` computed in fp32."""
+
+    def __init__(self, dim: int, eps: float) -> None:
+        super().__init__()
+        self.eps = eps
+        self.weight = _param(dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        xf = x.float()
+        xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
+        return (xf * self.weight.float()).to(x.dtype)
+
+
+class LayerNorm(nn.Module):
+    """LayerNorm with weight and bias, computed in fp32 (the indexer's ``k_norm``)."""
+
+    def __init__(self, dim: int, eps: float) -> None:
+        super().__init__()
+        self.eps = eps
+        self.weight = _param(dim)
+        self.bias = _param(dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = F.layer_norm(x.float(), x.shape[-1:], self.weight.float(), self.bias.float(), self.eps)
+        return out.to(x.dtype)
+
+
+class Linear(nn.Module):
+    """``y = x Wᵀ`` with ``W [out, in]``, or a stack ``W [E, out, in]`` of expert weights.
+
+    The weight is high precision, or ``float8_e4m3fn`` with ``weight_scale_inv`` (fp32, one scale per
+    128x128 block, edge blocks partial) when it was loaded that way from an FP8 checkpoint.
+    """
+
+    def __init__(self, in_features: int, out_features: int, num_experts: int | None = None) -> None:
+        super().__init__()
+        self.in_features, self.out_features = in_features, out_features
+        shape = (out_features, in_features) if num_experts is None else (num_experts, out_features, in_features)
+        self.weight = _param(*shape)
+        self.register_parameter("weight_scale_inv", None)
+
+    def dense_weight(self, dtype: torch.dtype, expert: int | None = None) -> torch.Tensor:
+        w = self.weight if expert is None else self.weight[expert]
+        if self.weight_scale_inv is None:
+            return w.to(dtype)
+        s = self.weight_scale_inv if expert is None else self.weight_scale_inv[expert]
+        return kernels.dequant_fp8_block(w, s, out_dtype=dtype)
+
+    def forward(self, x: torch.Tensor, expert: int | None = None) -> torch.Tensor:
+        return F.linear(x, self.dense_weight(x.dtype, expert))
+
+
+def rope_cos_sin(positions: torch.Tensor, dim: int, theta: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """fp32 ``cos, sin [T, dim/2]``: pair i at position p turns by ``p * theta^(-2i/dim)``."""
+    inv_freq = 1.0 / (theta ** (torch.arange(0, dim, 2, dtype=torch.float32, device=positions.device) / dim))
+    angles = positions.float()[:, None] * inv_freq
+    return angles.cos(), angles.sin()
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Interleaved RoPE on ``x [B, T, ..., dim]``: pairs (0,1), (2,3), ... rotate; layout kept."""
+    shape = (1, cos.shape[0]) + (1,) * (x.dim() - 3) + (cos.shape[1],)
+    cos, sin = cos.view(shape), sin.view(shape)
+    xf = x.float()
+    x1, x2 = xf[..., 0::2], xf[..., 1::2]
+    return torch.stack((x1 * cos - x2 * sin, x2 * cos + x1 * sin), dim=-1).flatten(-2).to(x.dtype)
+
+
+class MLP(nn.Module):
+    """SwiGLU: ``down(silu(gate x) * up x)``; dense layers and shared experts."""
+
+    def __init__(self, hidden_size: int, intermediate_size: int) -> None:
+        super().__init__()
+        self.gate_proj = Linear(hidden_size, intermediate_size)
+        self.up_proj = Linear(hidden_size, intermediate_size)
+        self.down_proj = Linear(intermediate_size, hidden_size)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+
+
+class Router(nn.Module):
+    """``gate.weight [E, hidden]`` and the selection-only ``e_score_correction_bias`` (fp32 buffer)."""
+
+    def __init__(self, config: GLM52Config) -> None:
+        super().__init__()
+        self.config = config
+        self.weight = _param(config.n_routed_experts, config.hidden_size)
+        self.register_buffer("e_score_correction_bias", torch.empty(config.n_routed_experts, dtype=torch.float32))
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        c = self.config
+        logits = F.linear(x.float(), self.weight.float())
+        return kernels.moe_route(logits, self.e_score_correction_bias, c.num_experts_per_tok, c.n_group,
+                                 c.topk_group, c.routed_scaling_factor, c.norm_topk_prob)
+
+
+class Experts(nn.Module):
+    """Routed experts ``first_expert .. first_expert + num_experts - 1``, weights stacked ``[E, out, in]``.
+
+    Checkpoint tensor ``experts.{first_expert + e}.gate_proj.weight`` is ``gate_proj.weight[e]``.
+    """
+
+    def __init__(self, hidden_size: int, intermediate_size: int, num_experts: int, first_expert: int = 0) -> None:
+        super().__init__()
+        self.num_experts, self.first_expert = num_experts, first_expert
+        self.gate_proj = Linear(hidden_size, intermediate_size, num_experts)
+        self.up_proj = Linear(hidden_size, intermediate_size, num_experts)
+        self.down_proj = Linear(intermediate_size, hidden_size, num_experts)
+
+    def forward(self, x: torch.Tensor, weights: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+        """``x [T, hidden]``, routing ``weights``/``ids [T, k]`` -> this shard's share of the routed sum."""
+        out = torch.zeros_like(x)
+        local = ids.long() - self.first_expert
+        for e in torch.unique(local[(local >= 0) & (local < self.num_experts)]).tolist():
+            rows, slot = (local == e).nonzero(as_tuple=True)
+            h = x[rows]
+            y = self.down_proj(F.silu(self.gate_proj(h, e)) * self.up_proj(h, e), e)
+            out.index_add_(0, rows, (y.float() * weights[rows, slot, None]).to(x.dtype))
+        return out
+
+
+class MoE(nn.Module):
+    """Sigmoid-routed experts plus the shared expert (DESIGN §2.1)."""
+
+    def __init__(self, config: GLM52Config, num_local_experts: int | None = None, first_expert: int = 0) -> None:
+        super().__init__()
+        n_local = config.n_routed_experts if num_local_experts is None else num_local_experts
+        self.gate = Router(config)
+        self.experts = Experts(config.hidden_size, config.moe_intermediate_size, n_local, first_expert)
+        self.shared_experts = (MLP(config.hidden_size, config.moe_intermediate_size * config.n_shared_experts)
+                               if config.n_shared_experts else None)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        flat = x.reshape(-1, x.shape[-1])
+        weights, ids = self.gate(flat)
+        out = self.experts(flat, weights, ids).view_as(x)
+        return out if self.shared_experts is None else out + self.shared_experts(x)

@@ -1,0 +1,154 @@
+"""GLM-5.2 (``glm_moe_dsa``): decoder layers, the MTP layer, and the causal LM (DESIGN §2.1).
+
+Module and parameter names are the checkpoint's (``model.layers.{i}.self_attn.q_a_proj.weight``...),
+except that routed experts are stacked: ``mlp.experts.gate_proj.weight[e]`` holds checkpoint tensor
+``mlp.experts.{e}.gate_proj.weight``. :func:`glm52.loader.checkpoint_layout` spells out the mapping.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from .attention import MLAttention
+from .config import GLM52Config
+from .layers import MLP, Linear, MoE, RMSNorm, rope_cos_sin
+
+
+class DecoderLayer(nn.Module):
+    """``h = x + Attn(RMSNorm(x))``; ``x' = h + FFN(RMSNorm(h))``."""
+
+    def __init__(self, config: GLM52Config, layer_idx: int) -> None:
+        super().__init__()
+        self.layer_idx = layer_idx
+        self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.self_attn = MLAttention(config, has_indexer=config.has_indexer(layer_idx))
+        self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.mlp = (MoE(config) if config.is_moe_layer(layer_idx)
+                    else MLP(config.hidden_size, config.intermediate_size))
+
+    def forward(
+        self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, shared_topk: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        a, topk = self.self_attn(self.input_layernorm(x), cos, sin, shared_topk)
+        h = x + a
+        return h + self.mlp(self.post_attention_layernorm(h)), topk
+
+
+class SharedHead(nn.Module):
+    def __init__(self, config: GLM52Config) -> None:
+        super().__init__()
+        self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+
+
+class MTPLayer(DecoderLayer):
+    """Multi-token prediction layer (stored after the main layers, e.g. ``model.layers.78``).
+
+    ``z = eh_proj([enorm(embed(tok_{t+1})) | hnorm(h_t)])`` then one full decoder layer with its
+    own indexer; ``shared_head.norm`` and the main ``lm_head`` give logits for token t+2.
+    """
+
+    def __init__(self, config: GLM52Config, layer_idx: int) -> None:
+        super().__init__(config, layer_idx)
+        self.enorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.hnorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.eh_proj = Linear(2 * config.hidden_size, config.hidden_size)
+        self.shared_head = SharedHead(config)
+
+    def predict(self, embeds: torch.Tensor, hidden: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+        z = self.eh_proj(torch.cat((self.enorm(embeds), self.hnorm(hidden)), dim=-1))
+        out, _ = self(z, cos, sin, None)
+        return out
+
+
+class GLM52Model(nn.Module):
+    def __init__(self, config: GLM52Config) -> None:
+        super().__init__()
+        self.config = config
+        self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size, _weight=torch.empty(
+            config.vocab_size, config.hidden_size), _freeze=True)
+        n = config.num_hidden_layers
+        self.layers = nn.ModuleList([DecoderLayer(config, i) for i in range(n)]
+                                    + [MTPLayer(config, n + j) for j in range(config.num_nextn_predict_layers)])
+        self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+
+    def rope(self, t: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        positions = torch.arange(t, device=device)
+        return rope_cos_sin(positions, self.config.qk_rope_head_dim, self.config.rope_theta)
+
+    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """Causal prefill at positions 0..T-1 -> final-normed hidden states ``[B, T, hidden]``."""
+        cos, sin = self.rope(input_ids.shape[1], input_ids.device)
+        x = self.embed_tokens(input_ids)
+        topk = None
+        for layer in self.layers[: self.config.num_hidden_layers]:
+            x, topk = layer(x, cos, sin, topk)
+        return self.norm(x)
+
+
+class GLM52ForCausalLM(nn.Module):
+    def __init__(self, config: GLM52Config) -> None:
+        super().__init__()
+        self.config = config
+        self.model = GLM52Model(config)
+        self.lm_head = Linear(config.hidden_size, config.vocab_size)
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        path: str | Path,
+        dtype: torch.dtype | None = None,
+        device: str | torch.device | None = None,
+        indexer_precision: str = "exact",
+    ) -> GLM52ForCausalLM:
+        """Load a Hugging Face checkpoint directory (sharded or single-file, BF16 or FP8).
+
+        ``dtype=None`` keeps every tensor as stored (FP8 weights stay FP8 with their scales);
+        a floating ``dtype`` casts all weights to it, dequantizing FP8 ones.
+        """
+        from .loader import load_checkpoint
+
+        config = GLM52Config.from_pretrained(path, indexer_precision=indexer_precision)
+        with torch.device("meta"):
+            model = cls(config)
+        load_checkpoint(model, path, dtype=dtype, device=device)
+        return model.eval()
+
+    def _check_ids(self, name: str, ids: torch.Tensor) -> None:
+        if not isinstance(ids, torch.Tensor) or ids.dim() != 2 or ids.dtype not in (torch.int32, torch.int64):
+            got = f"{ids.dtype} {tuple(ids.shape)}" if isinstance(ids, torch.Tensor) else type(ids).__name__
+            raise ValueError(f"{name} must be an int32/int64 tensor [batch, tokens]; got {got}")
+        if ids.shape[1] == 0:
+            raise ValueError(f"{name} must hold at least one token per sequence; got shape {tuple(ids.shape)}")
+        if ids.numel() and (ids.min() < 0 or ids.max() >= self.config.vocab_size):
+            raise ValueError(f"{name} values must lie in [0, {self.config.vocab_size}); "
+                             f"got min {int(ids.min())}, max {int(ids.max())}")
+
+    def hidden_states(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """Final-normed hidden states ``[B, T, hidden]`` (what the MTP layer takes as ``h_t``)."""
+        self._check_ids("input_ids", input_ids)
+        return self.model(input_ids)
+
+    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """``input_ids [B, T]`` -> logits ``[B, T, vocab]`` of a full causal prefill."""
+        return self.lm_head(self.hidden_states(input_ids))
+
+    def mtp(self, hidden: torch.Tensor, next_ids: torch.Tensor, depth: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+        """MTP draft over a prefix: ``hidden [B, T, hidden]`` holds h_t for positions 0..T-1 (from
+        :meth:`hidden_states`, or the MTP layer's own output for later draft steps) and
+        ``next_ids [B, T]`` the tokens t+1. Returns (MTP hidden states ``[B, T, hidden]``, logits for
+        tokens t+2 ``[B, T, vocab]``)."""
+        n_mtp = self.config.num_nextn_predict_layers
+        if not 0 <= depth < n_mtp:
+            raise ValueError(f"depth must be in [0, {n_mtp}) (num_nextn_predict_layers); got {depth}")
+        self._check_ids("next_ids", next_ids)
+        if hidden.dim() != 3 or hidden.shape[:2] != next_ids.shape or hidden.shape[2] != self.config.hidden_size:
+            raise ValueError(f"hidden must be [batch, tokens, {self.config.hidden_size}] matching next_ids "
+                             f"{tuple(next_ids.shape)}; got {tuple(hidden.shape)}")
+        layer = self.model.layers[self.config.num_hidden_layers + depth]
+        cos, sin = self.model.rope(next_ids.shape[1], next_ids.device)
+        out = layer.predict(self.model.embed_tokens(next_ids), hidden.to(self.model.embed_tokens.weight.dtype),
+                            cos, sin)
+        return out, self.lm_head(layer.shared_head.norm(out))
