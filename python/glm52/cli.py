@@ -1,0 +1,66 @@
+"""The ``glm52`` command: ``plan`` (memory planner), ``demo`` (tiny checkpoint round trip), ``selfcheck``.
+
+Results go to stdout, errors to stderr (exit status 2 for bad input).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from .config import PRESETS, GLM52Config
+from .planner import KV_FORMATS, WEIGHT_FORMATS
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="glm52", description="GLM-5.2 model runtime and kernels")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("plan", help="parameter count, weight and KV-cache memory per GPU")
+    source = p.add_mutually_exclusive_group()
+    source.add_argument("--preset", choices=sorted(PRESETS), default="glm-5.2")
+    source.add_argument("--config", metavar="DIR", help="a checkpoint directory with config.json")
+    p.add_argument("--weights", choices=WEIGHT_FORMATS, default="fp8")
+    p.add_argument("--kv", choices=KV_FORMATS, default="fp8")
+    p.add_argument("--context", type=int, help="tokens per sequence (default: max_position_embeddings)")
+    p.add_argument("--batch", type=int, default=1)
+    p.add_argument("--tp", type=int, default=1)
+    p.add_argument("--ep", type=int, default=1)
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+
+    d = sub.add_parser("demo", help="write a tiny random checkpoint (BF16 and FP8), load it, generate")
+    d.add_argument("--out", metavar="DIR", help="where to write the checkpoints (default: a temporary dir)")
+    d.add_argument("--seed", type=int, default=0)
+    d.add_argument("--prompt-len", type=int, default=24)
+    d.add_argument("--tokens", type=int, default=12, help="greedy tokens to generate")
+
+    sub.add_parser("selfcheck", help="check the installed kernels (glm52_ext.selfcheck)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        if args.command == "plan":
+            from .planner import format_plan, plan
+
+            config = GLM52Config.from_pretrained(args.config) if args.config else GLM52Config.preset(args.preset)
+            result = plan(config, weights=args.weights, kv=args.kv, context=args.context, batch=args.batch,
+                          tp=args.tp, ep=args.ep)
+            print(json.dumps(result) if args.json else format_plan(result))
+        elif args.command == "demo":
+            from . import demo
+
+            for name in ("prompt_len", "tokens"):
+                if getattr(args, name) < 1:
+                    raise ValueError(f"--{name.replace('_', '-')} must be a positive integer")
+            demo.run(out_dir=args.out, seed=args.seed, prompt_len=args.prompt_len, new_tokens=args.tokens)
+        else:
+            from glm52_ext import selfcheck
+
+            return selfcheck.main()
+    except (ValueError, FileNotFoundError) as e:
+        print(f"glm52 {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    return 0

@@ -1,0 +1,118 @@
+"""Memory planner: parameters counted on the meta device, weight bytes per GPU, and MLA + indexer
+cache sizes (DESIGN §2.3), IndexShare-aware.
+
+Sharding model (DESIGN §6): tensor parallelism splits MLA's ``q_b_proj``/``kv_b_proj``/``o_proj``,
+the dense MLP, shared experts, embedding and lm_head; routed experts are split over ``ep`` ranks
+(over the ``tp`` ranks when ``ep`` is 1); everything else is replicated. GPUs = max(tp, ep).
+Every GPU holds the latent and indexer caches of all ``batch`` sequences (MLA's cache is not
+split by heads). Card sizes are decimal GB.
+"""
+
+from __future__ import annotations
+
+import re
+
+import torch
+
+from .checkpoint import fp8_quantizable
+from .config import GLM52Config
+from .loader import FP8_BLOCK, checkpoint_layout
+from .model import GLM52ForCausalLM
+
+WEIGHT_FORMATS = ("bf16", "fp8", "int4")
+KV_FORMATS = ("bf16", "fp8")
+INT4_GROUP = 128  # int4: one bf16 scale per 128 weights along the input dim (assumed recipe)
+CARDS_GB = {"80GB": 80, "141GB": 141}
+_TP_SPLIT = re.compile(r"(q_b_proj|kv_b_proj|o_proj|shared_experts|embed_tokens|lm_head|"
+                       r"layers\.\d+\.mlp\.(gate|up|down)_proj)")
+_EXPERT = re.compile(r"\.mlp\.experts\.")
+
+
+def _weight_bytes(name: str, shape: tuple[int, ...], weights: str) -> float:
+    numel = 1
+    for s in shape:
+        numel *= s
+    if name.endswith("e_score_correction_bias"):
+        return 4 * numel
+    if weights == "bf16" or not fp8_quantizable(name, shape):
+        return 2 * numel
+    n, k = shape
+    if weights == "fp8":
+        return numel + 4 * -(-n // FP8_BLOCK) * -(-k // FP8_BLOCK)
+    return numel / 2 + 2 * n * -(-k // INT4_GROUP)
+
+
+def kv_bytes_per_token_per_layer(config: GLM52Config, kv: str) -> int:
+    """MLA latent ``[c_kv | k_pe]``: BF16, or FP8 c_kv with one fp32 scale per 128 plus BF16 rope dims."""
+    if kv == "bf16":
+        return 2 * (config.kv_lora_rank + config.qk_rope_head_dim)
+    return config.kv_lora_rank + 4 * -(-config.kv_lora_rank // 128) + 2 * config.qk_rope_head_dim
+
+
+def plan(config: GLM52Config, weights: str = "fp8", kv: str = "fp8", context: int | None = None,
+         batch: int = 1, tp: int = 1, ep: int = 1) -> dict:
+    if weights not in WEIGHT_FORMATS:
+        raise ValueError(f"weights must be one of {WEIGHT_FORMATS}; got {weights!r}")
+    if kv not in KV_FORMATS:
+        raise ValueError(f"kv must be one of {KV_FORMATS}; got {kv!r}")
+    context = config.max_position_embeddings if context is None else context
+    for name, v in (("context", context), ("batch", batch), ("tp", tp), ("ep", ep)):
+        if not isinstance(v, int) or v < 1:
+            raise ValueError(f"{name} must be a positive integer; got {v!r}")
+    if max(tp, ep) % min(tp, ep):
+        raise ValueError(f"tp ({tp}) and ep ({ep}) must divide one another (GPUs = max(tp, ep))")
+    if config.n_routed_experts % (ep if ep > 1 else 1):
+        raise ValueError(f"ep ({ep}) must divide n_routed_experts ({config.n_routed_experts})")
+
+    with torch.device("meta"):
+        model = GLM52ForCausalLM(config)
+    total = sum(p.numel() for p in model.parameters())
+    layout = checkpoint_layout(model)
+    # Active per token (DESIGN §2.3's ~40.3B): the main model's weights a token is multiplied by; the
+    # embedding table is a lookup, the MTP layer a draft head, and only top-k of the routed experts run.
+    main = {n: s for n, s in layout.items() if not n.startswith(f"model.layers.{config.num_hidden_layers}.")
+            and not n.startswith("model.embed_tokens") and not n.endswith("e_score_correction_bias")}
+    numel = {n: torch.Size(s.shape).numel() for n, s in main.items()}
+    routed = sum(v for n, v in numel.items() if _EXPERT.search(n))
+    active = sum(numel.values()) - routed + routed * config.num_experts_per_tok // config.n_routed_experts
+
+    expert_split = ep if ep > 1 else tp
+    per_gpu = 0.0
+    for name, slot in layout.items():
+        split = expert_split if _EXPERT.search(name) else tp if _TP_SPLIT.search(name) else 1
+        per_gpu += _weight_bytes(name, slot.shape, weights) / split
+
+    layers = config.num_layers_total
+    indexed = sum(config.has_indexer(i) for i in range(layers))
+    mla = kv_bytes_per_token_per_layer(config, kv) * layers
+    indexer = (config.index_head_dim + 4) * indexed  # e4m3 keys + one fp32 scale per token
+    cache = (mla + indexer) * context * batch
+    gpu_total = per_gpu + cache
+    return {
+        "preset_layers": config.num_hidden_layers, "mtp_layers": config.num_nextn_predict_layers,
+        "weights": weights, "kv": kv, "context": context, "batch": batch, "tp": tp, "ep": ep, "gpus": max(tp, ep),
+        "total_params": total, "active_params": active,
+        "weight_bytes_total": int(sum(_weight_bytes(n, s.shape, weights) for n, s in layout.items())),
+        "weight_bytes_per_gpu": int(per_gpu),
+        "kv_bytes_per_token": mla, "kv_bytes_per_token_per_layer": mla // layers, "kv_layers": layers,
+        "indexer_bytes_per_token": indexer, "indexer_layers": indexed,
+        "kv_bytes_context": mla * context * batch, "indexer_bytes_context": indexer * context * batch,
+        "bytes_per_gpu": int(gpu_total),
+        "fits": {card: gpu_total <= gb * 1e9 for card, gb in CARDS_GB.items()},
+    }
+
+
+def format_plan(p: dict) -> str:
+    gb = 1e9
+    lines = [
+        f"parameters      total {p['total_params']:,}  active/token {p['active_params']:,}",
+        f"weights ({p['weights']})  {p['weight_bytes_total'] / gb:,.1f} GB total, "
+        f"{p['weight_bytes_per_gpu'] / gb:,.1f} GB per GPU (tp={p['tp']}, ep={p['ep']}, {p['gpus']} GPUs)",
+        f"MLA cache ({p['kv']})  {p['kv_bytes_per_token']:,} B/token ({p['kv_bytes_per_token_per_layer']} B x "
+        f"{p['kv_layers']} layers); {p['kv_bytes_context'] / gb:,.2f} GB for {p['batch']} x {p['context']:,} tokens",
+        f"indexer cache   {p['indexer_bytes_per_token']:,} B/token ({p['indexer_layers']} layers with an indexer); "
+        f"{p['indexer_bytes_context'] / gb:,.2f} GB for {p['batch']} x {p['context']:,} tokens",
+        f"per GPU total   {p['bytes_per_gpu'] / gb:,.1f} GB: "
+        + ", ".join(f"{'fits' if ok else 'does not fit'} on a {card} card" for card, ok in p["fits"].items()),
+    ]
+    return "\n".join(lines)

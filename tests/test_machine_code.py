@@ -1,0 +1,54 @@
+"""The built CUDA kernels: sm_90a code for each, no local-memory spills, tensor cores where due.
+
+Runs without a GPU (cuobjdump reads the extension file); skipped when the extension was built
+CPU-only.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+import glm52_ext
+from glm52_ext import machine_code
+
+# Substring of a kernel's mangled name -> tensor-core instructions its SASS must contain.
+EXPECTED_KERNELS = {
+    "quant_fp8_group_vec_kernel": (),
+    "quant_fp8_group_scalar_kernel": (),
+    "dequant_fp8_block_kernel": (),
+}
+
+pytestmark = [
+    pytest.mark.skipif(not glm52_ext.build_info()["cuda"], reason="glm52_ext was built CPU-only: no machine code"),
+    pytest.mark.skipif(machine_code.find_cuobjdump() is None, reason="cuobjdump not found (toolkit or triton wheel)"),
+]
+
+
+@pytest.fixture(scope="module")
+def kernels():
+    return machine_code.kernels()
+
+
+def test_sm90a_code_is_embedded():
+    assert "sm_90a" in machine_code.elf_archs()
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED_KERNELS))
+def test_expected_kernel_is_built_for_sm90a(kernels, name):
+    matching = [k for k in kernels if name in k.name and k.arch == "sm_90a"]
+    assert matching, f"no sm_90a kernel named *{name}* in {machine_code.extension_path()}"
+    for kernel in matching:
+        for op in EXPECTED_KERNELS[name]:
+            assert kernel.tensor_core_ops.get(op, 0) > 0, f"{kernel.name}: no {op} in its SASS"
+
+
+def test_no_kernel_spills_to_local_memory(kernels):
+    assert kernels
+    spilling = [(k.name, k.local_bytes) for k in kernels if k.local_bytes or k.stack_bytes]
+    assert not spilling, f"kernels using local memory: {spilling}"
+
+
+def test_every_kernel_is_known(kernels):
+    """A new kernel must be added to EXPECTED_KERNELS (with the tensor-core ops it should use)."""
+    unknown = sorted({k.name for k in kernels if not any(name in k.name for name in EXPECTED_KERNELS)})
+    assert not unknown, f"kernels missing from EXPECTED_KERNELS: {unknown}"
