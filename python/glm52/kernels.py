@@ -1,6 +1,6 @@
 """The one place the model reaches into ``glm52_ext``: every op the layers call comes from here.
 
-``quant_fp8_per_token_group`` and ``dequant_fp8_block`` are the extension's ops. ``moe_route``,
+``quant_fp8_per_token_group`` and ``dequant_fp8_block`` are the extension's ops (CPU and CUDA kernels). ``moe_route``,
 ``topk_indices`` and ``sparse_mla_prefill`` follow the ``torch.ops.glm52`` contracts of DESIGN §3
 in plain PyTorch until those ops land in ``glm52_ext.ops``; then they become imports here and no
 layer changes.
@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 
-from glm52_ext.reference import dequant_fp8_block, quant_fp8_per_token_group
+from glm52_ext.ops import dequant_fp8_block, quant_fp8_per_token_group
 
 __all__ = ["dequant_fp8_block", "moe_route", "quant_fp8_per_token_group", "sparse_mla_prefill", "topk_indices"]
 
