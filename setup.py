@@ -161,8 +161,8 @@ class CMakeBuild(build_ext):
 
 
 setup(
-    packages=["glm52_ext", *find_packages(where="python")],
-    package_dir={"glm52_ext": "glm52_ext", "": "python"},
+    packages=[*find_packages(include=["glm52_ext", "glm52_ext.*"]), *find_packages(where="python")],
+    package_dir={"glm52_ext": "glm52_ext", "glm52": "python/glm52"},
     ext_modules=[CMakeExtension("glm52_ext._C")],
     cmdclass={"build_ext": CMakeBuild},
 )

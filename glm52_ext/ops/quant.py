@@ -1,17 +1,10 @@
-"""Typed wrappers over ``torch.ops.glm52.*``.
-
-Each op runs on the device of its inputs: CUDA kernels for CUDA tensors (when the extension was
-built with CUDA), C++ CPU kernels otherwise. All ops trace under ``torch.compile(fullgraph=True)``
-and are safe in CUDA graphs unless their docstring says otherwise. Bad arguments raise
-``RuntimeError`` naming the argument and what was expected.
-"""
+"""FP8 quantization ops: per-token-group activation quantization and block weight dequantization."""
 
 from __future__ import annotations
 
 import torch
 
-from . import _C  # noqa: F401  (registers torch.ops.glm52.*)
-from . import _fake  # noqa: F401  (shape functions for torch.compile)
+from ..reference.quant import ceil_div
 
 __all__ = ["quant_fp8_per_token_group", "dequant_fp8_block"]
 
@@ -91,3 +84,30 @@ def dequant_fp8_block(
         raise ValueError(f"dequant_fp8_block: 'out' has dtype {out.dtype}, but out_dtype is {out_dtype}")
     torch.ops.glm52.dequant_fp8_block_out(w, scale_inv, list(block), out=out)
     return out
+
+
+# Fake (meta) implementations: shapes and dtypes only, for torch.compile. Out-variants return nothing.
+
+
+@torch.library.register_fake("glm52::quant_fp8_per_token_group")
+def _quant_fp8_per_token_group(x, group_size=128, scale_ue8m0=False):
+    torch._check(x.dim() == 2, lambda: f"glm52.quant_fp8_per_token_group: argument 'x' must be 2-D [M, K], got {list(x.shape)}")
+    torch._check(group_size > 0, lambda: "glm52.quant_fp8_per_token_group: argument 'group_size' must be positive")
+    q = x.new_empty(x.shape, dtype=torch.float8_e4m3fn)
+    scale = x.new_empty((x.shape[0], ceil_div(x.shape[1], group_size)), dtype=torch.float32)
+    return q, scale
+
+
+@torch.library.register_fake("glm52::quant_fp8_per_token_group_out")
+def _quant_fp8_per_token_group_out(x, group_size, scale_ue8m0, *, out, out_scale):
+    return None
+
+
+@torch.library.register_fake("glm52::dequant_fp8_block")
+def _dequant_fp8_block(w, scale_inv, out_dtype=None, block=(128, 128)):
+    return w.new_empty(w.shape, dtype=out_dtype or torch.bfloat16)
+
+
+@torch.library.register_fake("glm52::dequant_fp8_block_out")
+def _dequant_fp8_block_out(w, scale_inv, block, *, out):
+    return None

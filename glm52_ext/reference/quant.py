@@ -1,9 +1,4 @@
-"""Plain-PyTorch oracles for every ``torch.ops.glm52`` op.
-
-Written for clarity, never for speed: these are what the tests compare the CPU and CUDA kernels
-against. They take the same arguments as the wrappers in :mod:`glm52_ext.ops` and return the same
-shapes and dtypes. They never import the compiled extension.
-"""
+"""Oracles of the FP8 quantization ops."""
 
 from __future__ import annotations
 

@@ -1,0 +1,24 @@
+"""Plain-PyTorch oracles for every ``torch.ops.glm52`` op, one module per op family.
+
+Written for clarity, never for speed (fp32/fp64 math): these are what the tests compare the CPU and
+CUDA kernels against. They take the same arguments as the wrappers in :mod:`glm52_ext.ops` and
+return the same shapes and dtypes. They never import the compiled extension.
+"""
+
+from .quant import (
+    FP8_E4M3_MAX,
+    QUANT_AMAX_EPS,
+    ceil_div,
+    dequant_fp8_block,
+    quant_fp8_per_token_group,
+    round_scale_to_ue8m0,
+)
+
+__all__ = [
+    "FP8_E4M3_MAX",
+    "QUANT_AMAX_EPS",
+    "ceil_div",
+    "dequant_fp8_block",
+    "quant_fp8_per_token_group",
+    "round_scale_to_ue8m0",
+]
