@@ -163,7 +163,7 @@ def load_checkpoint(
                                   f"{sorted(FLOAT_DTYPES)}" + (f" or {FP8_DTYPE} with a scale" if slot.quantizable else ""))
         plan[name] = (slot, companion)
 
-    stacks = _check_stacks(plan)
+    stacks = _check_stacks(plan, where)
     fresh: dict[tuple[int, str], torch.Tensor] = {}  # (id(module), attr) -> new tensor
     modules: dict[int, nn.Module] = {}
 
@@ -202,7 +202,7 @@ def load_checkpoint(
             module._parameters[attr] = nn.Parameter(t, requires_grad=False)
 
 
-def _check_stacks(plan: dict[str, tuple[Slot, str | None]]) -> dict[int, int]:
+def _check_stacks(plan: dict[str, tuple[Slot, str | None]], where) -> dict[int, int]:
     """Stacked expert weights must all be FP8 or all high precision: returns stack sizes."""
     kinds: dict[int, tuple[str, bool]] = {}
     sizes: dict[int, int] = {}
@@ -213,6 +213,6 @@ def _check_stacks(plan: dict[str, tuple[Slot, str | None]]) -> dict[int, int]:
         sizes[mid] = slot.module.weight.shape[0]
         first = kinds.setdefault(mid, (name, companion is not None))
         if first[1] != (companion is not None):
-            raise CheckpointError(f"tensor {name} is {'FP8' if companion else 'not FP8'} but {first[0]} is "
+            raise CheckpointError(f"tensor {name} in {where(name)} is {'FP8' if companion else 'not FP8'} but {first[0]} is "
                                   f"{'FP8' if first[1] else 'not FP8'}: experts of one layer must match")
     return sizes
