@@ -51,7 +51,7 @@ def test_mtp_matches_restatement(tmp_path):
         h = ours.hidden_states(ids[:, :t])
         ref_h = hf.model(ids[:, :t]).last_hidden_state  # DESIGN §2.1: h_t after the final norm
         assert max_rel_err(h, ref_h) < 1e-5
-        mtp_h, logits = ours.mtp(h, ids[:, 1:])
+        mtp_h, logits, _ = ours.mtp(h, ids[:, 1:])
 
         eps = cfg.rms_norm_eps
         emb = hf.model.embed_tokens(ids[:, 1:])
@@ -65,7 +65,7 @@ def test_mtp_matches_restatement(tmp_path):
     assert max_rel_err(logits, ref_logits) <= 1e-4
     # Draft step 2 feeds the MTP layer's own output back in.
     with torch.no_grad():
-        h2, logits2 = ours.mtp(mtp_h[:, :-1], ids[:, 2:])
+        h2, logits2, _ = ours.mtp(mtp_h[:, :-1], ids[:, 2:])
     assert logits2.shape == (b, t - 1, cfg.vocab_size) and torch.isfinite(logits2).all()
 
 

@@ -8,9 +8,10 @@ from model_testing import max_rel_err
 from transformers.models.glm_moe_dsa import modeling_glm_moe_dsa as hf_mod
 
 from glm52 import GLM52Config, GLM52ForCausalLM
-from glm52.attention import Indexer
+from glm52.attention import Indexer, indexer_scores_fp8
 from glm52.checkpoint import init_random_, quantize_fp8_block
 from glm52.kernels import moe_route
+from glm52.kv_cache import CacheView
 from glm52.layers import rope_cos_sin
 from glm52_ext.reference import dequant_fp8_block, quant_fp8_per_token_group
 
@@ -59,9 +60,9 @@ def test_fp8_indexer_is_the_exact_formula_on_quantized_q_and_k():
     g = torch.Generator().manual_seed(1)
     b, t, h, d = 2, 30, config.index_n_heads, config.index_head_dim
     q, k, w = torch.randn(b, t, h, d, generator=g), torch.randn(b, t, d, generator=g), torch.randn(b, t, h, generator=g)
-    fp8 = indexer._scores_fp8(q, k, w)
     q8, sq = quant_fp8_per_token_group(q.reshape(-1, d), d, scale_ue8m0=True)
     k8, sk = quant_fp8_per_token_group(k.reshape(-1, d), d)
+    fp8 = indexer_scores_fp8(q, w, k8.view(b, t, d), sk.view(b, t))
     assert torch.equal(sq, torch.exp2(torch.log2(sq).round()))  # power-of-two q scales
     qd = (q8.float() * sq).view(b, t, h, d)
     kd = (k8.float() * sk).view(b, t, d)
@@ -71,11 +72,20 @@ def test_fp8_indexer_is_the_exact_formula_on_quantized_q_and_k():
     assert 1e-4 < max_rel_err(fp8, exact) < 0.1
 
 
+def _select(indexer, n, cq, cos, sin):
+    """Run the indexer of layer 0 over a fresh cache holding these tokens' keys."""
+    b, t, _ = n.shape
+    view = CacheView.contiguous(indexer.config, b, t, torch.float32, "cpu")
+    width = indexer.config.kv_lora_rank + indexer.config.qk_rope_head_dim
+    view.cache.write(0, view.slots, torch.zeros(b, t, width), indexer.key(n, cos, sin))
+    return indexer(n, cq, cos, sin, view, 0)
+
+
 def test_fp8_indexer_selects_nearly_the_same_tokens():
     config, indexer, n, cq, cos, sin = _indexer_inputs(2)
-    exact = indexer(n, cq, cos, sin)
+    exact = _select(indexer, n, cq, cos, sin)
     indexer.config = config.replace(indexer_precision="fp8")
-    fp8 = indexer(n, cq, cos, sin)
+    fp8 = _select(indexer, n, cq, cos, sin)
     k = config.index_topk
     assert exact.shape == fp8.shape == (2, 30, k)
     assert ((exact[:, :k - 1] == -1) == (fp8[:, :k - 1] == -1)).all()  # the causal padding is identical

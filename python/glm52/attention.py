@@ -13,10 +13,27 @@ from torch import nn
 
 from . import kernels
 from .config import GLM52Config
+from .kv_cache import CacheView
 from .layers import LayerNorm, Linear, RMSNorm, apply_rope
 
 LATENT_NORM_EPS = 1e-6  # q_a_layernorm / kv_a_layernorm (transformers and DeepSeek's reference: default eps)
 INDEXER_NORM_EPS = 1e-6
+
+
+def indexer_scores_exact(q: torch.Tensor, w: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
+    """``I(s,t) = Σ_h w_h · ReLU(q_h · k_t · D^-0.5)`` in fp32: ``q [B,T,H,D]``, ``w [B,T,H]``, ``keys [B,C,D]`` -> ``[B,T,C]``."""
+    logits = torch.einsum("bshd,btd->bsht", q.float(), keys.float()) * q.shape[-1] ** -0.5
+    return torch.einsum("bsh,bsht->bst", w, logits.relu())
+
+
+def indexer_scores_fp8(q: torch.Tensor, w: torch.Tensor, k8: torch.Tensor, k_scale: torch.Tensor) -> torch.Tensor:
+    """Production recipe: q per (token, head) e4m3 with a power-of-two scale folded into the head
+    weight, keys e4m3 with one fp32 scale per token: ``I = s_k(t) · Σ_h w'_h · ReLU(q8_h · k8_t)``."""
+    b, t, h, d = q.shape
+    q8, q_scale = kernels.quant_fp8_per_token_group(q.reshape(-1, d), d, scale_ue8m0=True)
+    w = w * q_scale.view(b, t, h) * d**-0.5
+    logits = torch.einsum("bshd,btd->bsht", q8.float().view(b, t, h, d), k8.float()).relu()
+    return torch.einsum("bsh,bsht->bst", w, logits) * k_scale.unsqueeze(1)
 
 
 class Indexer(nn.Module):
@@ -31,38 +48,34 @@ class Indexer(nn.Module):
         self.k_norm = LayerNorm(self.head_dim, INDEXER_NORM_EPS)
         self.weights_proj = Linear(config.hidden_size, self.n_heads)
 
-    def forward(self, n: torch.Tensor, cq: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-        """``n [B, T, hidden]`` (normed input), ``cq [B, T, q_lora_rank]`` -> top-k ids ``[B, T, k]`` (−1 padded)."""
+    def key(self, n: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+        """The key each new token leaves in the indexer cache: ``n [B, T, hidden]`` -> ``[B, T, D]``."""
+        r = self.config.qk_rope_head_dim
+        k = self.k_norm(self.wk(n))
+        return torch.cat((apply_rope(k[..., :r], cos, sin), k[..., r:]), dim=-1)
+
+    def forward(self, n: torch.Tensor, cq: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, view: CacheView,
+                layer: int) -> torch.Tensor:
+        """Top-k over the cached keys of ``layer`` -> the chosen cache slots ``[B, T, k]`` (−1 padded)."""
         b, t, _ = n.shape
         r = self.config.qk_rope_head_dim
         q = self.wq_b(cq).view(b, t, self.n_heads, self.head_dim)
         q = torch.cat((apply_rope(q[..., :r], cos, sin), q[..., r:]), dim=-1)
-        k = self.k_norm(self.wk(n))
-        k = torch.cat((apply_rope(k[..., :r], cos, sin), k[..., r:]), dim=-1)
         w = self.weights_proj(n.float()) * self.n_heads**-0.5  # fp32 [B, T, H]
+        rows = view.context_slots.clamp_min(0)
         if self.config.indexer_precision == "fp8":
-            scores = self._scores_fp8(q, k, w)
+            scores = indexer_scores_fp8(q, w, view.cache.index_keys[layer][rows], view.cache.index_scales[layer][rows])
         else:
-            logits = torch.einsum("bshd,btd->bsht", q.float(), k.float()) * self.head_dim**-0.5
-            scores = torch.einsum("bsh,bsht->bst", w, logits.relu())
-        causal = torch.ones(t, t, dtype=torch.bool, device=n.device).tril()
-        return kernels.topk_indices(scores.masked_fill(~causal, float("-inf")), self.config.index_topk)
-
-    def _scores_fp8(self, q: torch.Tensor, k: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
-        """Production recipe: q per (token, head) e4m3 with a power-of-two scale folded into the head
-        weight, k per token e4m3 with an fp32 scale: ``I = s_k(t) · Σ_h w'_h · ReLU(q8_h · k8_t)``."""
-        b, t, h, d = q.shape
-        q8, q_scale = kernels.quant_fp8_per_token_group(q.reshape(-1, d), d, scale_ue8m0=True)
-        k8, k_scale = kernels.quant_fp8_per_token_group(k.reshape(-1, d), d)
-        w = w * q_scale.view(b, t, h) * d**-0.5
-        logits = torch.einsum("bshd,btd->bsht", q8.float().view(b, t, h, d), k8.float().view(b, t, d)).relu()
-        return torch.einsum("bsh,bsht->bst", w, logits) * k_scale.view(b, 1, t)
+            scores = indexer_scores_exact(q, w, view.cache.index_keys[layer][rows])
+        positions = kernels.topk_indices(scores.masked_fill(~view.causal_mask(), float("-inf")), self.config.index_topk)
+        picked = view.context_slots.gather(1, positions.clamp_min(0).flatten(1).long()).view_as(positions)
+        return torch.where(positions >= 0, picked, -1)
 
 
 class MLAttention(nn.Module):
-    def __init__(self, config: GLM52Config, has_indexer: bool, num_heads: int | None = None) -> None:
+    def __init__(self, config: GLM52Config, layer_idx: int, num_heads: int | None = None) -> None:
         super().__init__()
-        self.config = config
+        self.config, self.layer_idx = config, layer_idx
         self.num_heads = config.num_attention_heads if num_heads is None else num_heads
         c, h = config, self.num_heads
         self.q_a_proj = Linear(c.hidden_size, c.q_lora_rank)
@@ -72,14 +85,17 @@ class MLAttention(nn.Module):
         self.kv_a_layernorm = RMSNorm(c.kv_lora_rank, LATENT_NORM_EPS)
         self.kv_b_proj = Linear(c.kv_lora_rank, h * (c.qk_nope_head_dim + c.v_head_dim))
         self.o_proj = Linear(h * c.v_head_dim, c.hidden_size)
-        self.indexer = Indexer(config) if has_indexer else None
+        self.indexer = Indexer(config) if config.has_indexer(layer_idx) else None
 
     def forward(
-        self, n: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, shared_topk: torch.Tensor | None
+        self, n: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, view: CacheView, topk: torch.Tensor | None
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """``n [B, T, hidden]`` -> (output ``[B, T, hidden]``, the top-k ids this layer attended to).
+        """``n [B, T, hidden]`` -> (output ``[B, T, hidden]``, the cache slots ``[B, T, k]`` attended to).
 
-        A layer without an indexer attends to ``shared_topk``, the nearest preceding full layer's.
+        The new tokens' latents (and indexer keys) go into the cache first; then every query
+        attends to its top-k among the cached positions up to its own: ``topk`` when given (a shared
+        layer reusing the nearest preceding full layer's choice, or an MTP draft step reusing step
+        0's), else the layer's own indexer's.
         """
         c, h = self.config, self.num_heads
         b, t, _ = n.shape
@@ -89,21 +105,19 @@ class MLAttention(nn.Module):
         c_kv, k_pe = self.kv_a_proj_with_mqa(n).split((c.kv_lora_rank, c.qk_rope_head_dim), dim=-1)
         c_kv = self.kv_a_layernorm(c_kv)
         q_pe, k_pe = apply_rope(q_pe, cos, sin), apply_rope(k_pe, cos, sin)
+        index_key = self.indexer.key(n, cos, sin) if self.indexer is not None else None
+        view.cache.write(self.layer_idx, view.slots, torch.cat((c_kv, k_pe), dim=-1), index_key)
 
-        if self.indexer is not None:
-            topk = self.indexer(n, cq, cos, sin)
-        elif shared_topk is None:
-            raise ValueError("a layer without an indexer needs the top-k of a preceding full layer (shared_topk)")
-        else:
-            topk = shared_topk
+        if topk is None:
+            if self.indexer is None:
+                raise ValueError(f"layer {self.layer_idx} has no indexer: it needs the top-k of a preceding full layer")
+            topk = self.indexer(n, cq, cos, sin, view, self.layer_idx)
 
         w_kv = self.kv_b_proj.dense_weight(n.dtype).view(h, c.qk_nope_head_dim + c.v_head_dim, c.kv_lora_rank)
         w_uk, w_uv = w_kv.split((c.qk_nope_head_dim, c.v_head_dim), dim=1)
         q_lat = torch.einsum("bshd,hdc->bshc", q_nope, w_uk)
         query = torch.cat((q_lat, q_pe), dim=-1).flatten(0, 1)  # [B*T, H, kv_lora + rope]
-        latent = torch.cat((c_kv, k_pe), dim=-1).flatten(0, 1)  # [B*T, kv_lora + rope]
-        offsets = (torch.arange(b, device=n.device) * t).view(b, 1, 1)
-        flat_ids = torch.where(topk >= 0, topk + offsets, -1).flatten(0, 1)
-        o_lat, _ = kernels.sparse_mla_prefill(query, latent, flat_ids, c.qk_head_dim**-0.5, c.kv_lora_rank)
+        latent = view.cache.latent[self.layer_idx].to(n.dtype)  # [slots, kv_lora + rope]
+        o_lat, _ = kernels.sparse_mla_prefill(query, latent, topk.flatten(0, 1), c.qk_head_dim**-0.5, c.kv_lora_rank)
         o = torch.einsum("shc,hvc->shv", o_lat, w_uv).reshape(b, t, h * c.v_head_dim)
         return self.o_proj(o), topk

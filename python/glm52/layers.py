@@ -72,15 +72,18 @@ class Linear(nn.Module):
 
 
 def rope_cos_sin(positions: torch.Tensor, dim: int, theta: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """fp32 ``cos, sin [T, dim/2]``: pair i at position p turns by ``p * theta^(-2i/dim)``."""
+    """fp32 ``cos, sin [..., dim/2]`` for ``positions [...]``: pair i at position p turns by ``p * theta^(-2i/dim)``."""
     inv_freq = 1.0 / (theta ** (torch.arange(0, dim, 2, dtype=torch.float32, device=positions.device) / dim))
-    angles = positions.float()[:, None] * inv_freq
+    angles = positions.float().unsqueeze(-1) * inv_freq
     return angles.cos(), angles.sin()
 
 
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Interleaved RoPE on ``x [B, T, ..., dim]``: pairs (0,1), (2,3), ... rotate; layout kept."""
-    shape = (1, cos.shape[0]) + (1,) * (x.dim() - 3) + (cos.shape[1],)
+    """Interleaved RoPE on ``x [B, T, ..., dim]`` with ``cos, sin [B or 1, T, dim/2]`` (or ``[T, dim/2]``):
+    pairs (0,1), (2,3), ... rotate; layout kept."""
+    if cos.dim() == 2:
+        cos, sin = cos.unsqueeze(0), sin.unsqueeze(0)
+    shape = cos.shape[:2] + (1,) * (x.dim() - 3) + cos.shape[2:]
     cos, sin = cos.view(shape), sin.view(shape)
     xf = x.float()
     x1, x2 = xf[..., 0::2], xf[..., 1::2]

@@ -14,6 +14,7 @@ from torch import nn
 
 from .attention import MLAttention
 from .config import GLM52Config
+from .kv_cache import CacheView
 from .layers import MLP, Linear, MoE, RMSNorm, rope_cos_sin
 
 
@@ -24,15 +25,15 @@ class DecoderLayer(nn.Module):
         super().__init__()
         self.layer_idx = layer_idx
         self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
-        self.self_attn = MLAttention(config, has_indexer=config.has_indexer(layer_idx))
+        self.self_attn = MLAttention(config, layer_idx)
         self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
         self.mlp = (MoE(config) if config.is_moe_layer(layer_idx)
                     else MLP(config.hidden_size, config.intermediate_size))
 
     def forward(
-        self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, shared_topk: torch.Tensor | None
+        self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, view: CacheView, topk: torch.Tensor | None
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        a, topk = self.self_attn(self.input_layernorm(x), cos, sin, shared_topk)
+        a, topk = self.self_attn(self.input_layernorm(x), cos, sin, view, topk)
         h = x + a
         return h + self.mlp(self.post_attention_layernorm(h)), topk
 
@@ -57,10 +58,12 @@ class MTPLayer(DecoderLayer):
         self.eh_proj = Linear(2 * config.hidden_size, config.hidden_size)
         self.shared_head = SharedHead(config)
 
-    def predict(self, embeds: torch.Tensor, hidden: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    def predict(self, embeds: torch.Tensor, hidden: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
+                view: CacheView, shared_topk: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """-> (MTP hidden states, the cache slots attended to). With ``shared_topk`` the layer's own
+        indexer is skipped (IndexShare across MTP draft steps)."""
         z = self.eh_proj(torch.cat((self.enorm(embeds), self.hnorm(hidden)), dim=-1))
-        out, _ = self(z, cos, sin, None)
-        return out
+        return self(z, cos, sin, view, shared_topk)
 
 
 class GLM52Model(nn.Module):
@@ -74,17 +77,24 @@ class GLM52Model(nn.Module):
                                     + [MTPLayer(config, n + j) for j in range(config.num_nextn_predict_layers)])
         self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
 
-    def rope(self, t: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-        positions = torch.arange(t, device=device)
-        return rope_cos_sin(positions, self.config.qk_rope_head_dim, self.config.rope_theta)
+    def view(self, input_ids: torch.Tensor, view: CacheView | None) -> CacheView:
+        """``view``, or a throw-away cache for a causal prefill at positions 0..T-1."""
+        if view is not None:
+            return view
+        return CacheView.contiguous(self.config, *input_ids.shape, self.embed_tokens.weight.dtype, input_ids.device)
 
-    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
-        """Causal prefill at positions 0..T-1 -> final-normed hidden states ``[B, T, hidden]``."""
-        cos, sin = self.rope(input_ids.shape[1], input_ids.device)
+    def rope(self, view: CacheView) -> tuple[torch.Tensor, torch.Tensor]:
+        return rope_cos_sin(view.positions, self.config.qk_rope_head_dim, self.config.rope_theta)
+
+    def forward(self, input_ids: torch.Tensor, view: CacheView | None = None) -> torch.Tensor:
+        """New tokens ``[B, T]`` -> final-normed hidden states ``[B, T, hidden]``; without ``view``
+        a causal prefill at positions 0..T-1."""
+        view = self.view(input_ids, view)
+        cos, sin = self.rope(view)
         x = self.embed_tokens(input_ids)
         topk = None
         for layer in self.layers[: self.config.num_hidden_layers]:
-            x, topk = layer(x, cos, sin, topk)
+            x, topk = layer(x, cos, sin, view, None if layer.self_attn.indexer is not None else topk)
         return self.norm(x)
 
 
@@ -126,20 +136,24 @@ class GLM52ForCausalLM(nn.Module):
             raise ValueError(f"{name} values must lie in [0, {self.config.vocab_size}); "
                              f"got min {int(ids.min())}, max {int(ids.max())}")
 
-    def hidden_states(self, input_ids: torch.Tensor) -> torch.Tensor:
+    def hidden_states(self, input_ids: torch.Tensor, view: CacheView | None = None) -> torch.Tensor:
         """Final-normed hidden states ``[B, T, hidden]`` (what the MTP layer takes as ``h_t``)."""
         self._check_ids("input_ids", input_ids)
-        return self.model(input_ids)
+        return self.model(input_ids, view)
 
-    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
-        """``input_ids [B, T]`` -> logits ``[B, T, vocab]`` of a full causal prefill."""
-        return self.lm_head(self.hidden_states(input_ids))
+    def forward(self, input_ids: torch.Tensor, view: CacheView | None = None) -> torch.Tensor:
+        """``input_ids [B, T]`` -> logits ``[B, T, vocab]``. Without ``view``: a full causal
+        prefill at positions 0..T-1; with one: the new tokens of cached sequences (see
+        :class:`glm52.kv_cache.CacheView`)."""
+        return self.lm_head(self.hidden_states(input_ids, view))
 
-    def mtp(self, hidden: torch.Tensor, next_ids: torch.Tensor, depth: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
-        """MTP draft over a prefix: ``hidden [B, T, hidden]`` holds h_t for positions 0..T-1 (from
+    def mtp(self, hidden: torch.Tensor, next_ids: torch.Tensor, depth: int = 0, view: CacheView | None = None,
+            shared_topk: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """MTP draft: ``hidden [B, T, hidden]`` holds h_t for the positions of ``view`` (from
         :meth:`hidden_states`, or the MTP layer's own output for later draft steps) and
         ``next_ids [B, T]`` the tokens t+1. Returns (MTP hidden states ``[B, T, hidden]``, logits for
-        tokens t+2 ``[B, T, vocab]``)."""
+        tokens t+2 ``[B, T, vocab]``, the cache slots attended to ``[B, T, k]``). ``shared_topk``
+        reuses an earlier step's selection instead of running the MTP layer's indexer."""
         n_mtp = self.config.num_nextn_predict_layers
         if not 0 <= depth < n_mtp:
             raise ValueError(f"depth must be in [0, {n_mtp}) (num_nextn_predict_layers); got {depth}")
@@ -148,7 +162,8 @@ class GLM52ForCausalLM(nn.Module):
             raise ValueError(f"hidden must be [batch, tokens, {self.config.hidden_size}] matching next_ids "
                              f"{tuple(next_ids.shape)}; got {tuple(hidden.shape)}")
         layer = self.model.layers[self.config.num_hidden_layers + depth]
-        cos, sin = self.model.rope(next_ids.shape[1], next_ids.device)
-        out = layer.predict(self.model.embed_tokens(next_ids), hidden.to(self.model.embed_tokens.weight.dtype),
-                            cos, sin)
-        return out, self.lm_head(layer.shared_head.norm(out))
+        view = self.model.view(next_ids, view)
+        cos, sin = self.model.rope(view)
+        out, topk = layer.predict(self.model.embed_tokens(next_ids), hidden.to(self.model.embed_tokens.weight.dtype),
+                                  cos, sin, view, shared_topk)
+        return out, self.lm_head(layer.shared_head.norm(out)), topk
