@@ -1,0 +1,238 @@
+"""Batched generation with paged KV caches and MTP speculative decoding (DESIGN §2.1).
+
+One round per step for every live sequence, whose committed tokens are ``x_0 .. x_{L-1}`` with the
+target cache holding positions ``0 .. L-2``:
+
+1. *Draft* (``spec_steps = n > 0``): the MTP layer first catches up on the positions whose target
+   hidden states are new (position t takes ``h_t`` and ``x_{t+1}``), its last output drafts
+   ``d_1``; then ``n - 1`` single steps each feed the MTP layer's own output and the previous
+   draft. With ``index_share_for_mtp_iteration`` those steps reuse the first step's top-k.
+2. *Verify*: one target forward over ``[x_{L-1}, d_1 .. d_n]`` at positions ``L-1 .. L-1+n``, then
+   ``spec_verify_greedy`` or ``spec_verify_sampling`` emits 1 .. n+1 tokens.
+3. *Roll back*: rejected drafts stay in the cache past the committed length, are never attended
+   to (queries only see positions up to their own) and are overwritten by the next round; blocks
+   no longer needed go back to the pool.
+
+``spec_steps = 0`` is plain decoding (one target token per step).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import torch
+
+from . import kernels
+from .kv_cache import BlockAllocator, CacheView, PagedKVCache
+from .model import GLM52ForCausalLM
+
+
+@dataclass
+class SamplingParams:
+    """``temperature == 0`` is greedy; otherwise top-k (0: off) and top-p filter the target."""
+
+    temperature: float = 1.0
+    top_p: float = 0.95
+    top_k: int = 0
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.temperature < 0:
+            raise ValueError(f"temperature must be >= 0, got {self.temperature}")
+        if not 0 < self.top_p <= 1:
+            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
+        if self.top_k < 0:
+            raise ValueError(f"top_k must be >= 0, got {self.top_k}")
+
+
+@dataclass
+class GenerationResult:
+    tokens: list[list[int]]  # generated tokens per request (EOS included when hit)
+    verify_steps: int  # target forwards after the prefill
+    emitted: int  # tokens emitted by those steps
+    seconds: float
+    per_step: list[float] = field(default_factory=list)  # mean emitted per sequence per step
+
+    @property
+    def accepted_per_step(self) -> float:
+        """Mean tokens emitted per sequence per target forward (1.0 for plain decoding)."""
+        return sum(self.per_step) / len(self.per_step) if self.per_step else 0.0
+
+    @property
+    def tokens_per_second(self) -> float:
+        return sum(len(t) for t in self.tokens) / self.seconds if self.seconds else 0.0
+
+
+@dataclass
+class _Sequence:
+    seq_id: int
+    tokens: list[int]  # committed: prompt + generated
+    prompt_len: int
+    fresh_hidden: torch.Tensor | None = None  # target hidden states of positions the MTP has not seen
+    fresh_from: int = 0  # position of fresh_hidden[0]
+    done: bool = False
+
+    @property
+    def generated(self) -> list[int]:
+        return self.tokens[self.prompt_len:]
+
+
+class Engine:
+    """Generates for a batch of requests with a paged cache sized from ``cache_bytes``."""
+
+    def __init__(self, model: GLM52ForCausalLM, cache_bytes: int = 256 << 20, spec_steps: int = 3,
+                 eos_token_ids: tuple[int, ...] | list[int] = ()) -> None:
+        config = model.config
+        if spec_steps < 0:
+            raise ValueError(f"spec_steps must be >= 0, got {spec_steps}")
+        if spec_steps and config.num_nextn_predict_layers < 1:
+            raise ValueError("spec_steps > 0 needs an MTP layer (num_nextn_predict_layers >= 1)")
+        self.model, self.config, self.spec_steps = model, config, spec_steps
+        self.eos = set(eos_token_ids)
+        weight = model.model.embed_tokens.weight
+        self.device, self.dtype = weight.device, weight.dtype
+        self.cache = PagedKVCache.from_budget(config, cache_bytes, self.dtype, self.device)
+        self.allocator = BlockAllocator(self.cache.num_slots // 64)
+
+    # ---- one forward over chosen positions ------------------------------------------------
+    def _view(self, seqs: list[_Sequence], positions: list[list[int]]) -> tuple[CacheView, torch.Tensor]:
+        """Reserve blocks and build the view for ``positions[i]`` of ``seqs[i]`` (ragged, padded)."""
+        width = max(len(p) for p in positions)
+        padded = torch.full((len(seqs), width), -1, dtype=torch.int64)
+        for row, (seq, pos) in enumerate(zip(seqs, positions)):
+            self.allocator.reserve(seq.seq_id, pos[-1] + 1)
+            padded[row, : len(pos)] = torch.tensor(pos)
+        padded = padded.to(self.device)
+        return CacheView.for_sequences(self.cache, self.allocator, [s.seq_id for s in seqs], padded), padded
+
+    @staticmethod
+    def _ids(rows: list[list[int]], width: int, device: torch.device) -> torch.Tensor:
+        out = torch.zeros(len(rows), width, dtype=torch.int64)
+        for i, row in enumerate(rows):
+            out[i, : len(row)] = torch.tensor(row)
+        return out.to(device)
+
+    def _target(self, seqs: list[_Sequence], start: list[int], new: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Target forward of tokens ``new[i]`` at positions ``start[i]..`` -> (hidden, logits) ``[B, T, ...]``."""
+        view, _ = self._view(seqs, [list(range(s, s + len(n))) for s, n in zip(start, new)])
+        hidden = self.model.hidden_states(self._ids(new, view.positions.shape[1], self.device), view)
+        return hidden, self.model.lm_head(hidden)
+
+    # ---- sampling -------------------------------------------------------------------------------
+    def _probs(self, logits: torch.Tensor, sp: SamplingParams) -> torch.Tensor:
+        return kernels.sampling_probs(logits.reshape(-1, logits.shape[-1]), sp.temperature, sp.top_k,
+                                      sp.top_p).view(logits.shape)
+
+    def _sample(self, probs: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+        """One token per row of ``probs [R, V]`` (argmax when the row is one-hot)."""
+        return torch.multinomial(probs.float().cpu(), 1, generator=gen).view(-1)
+
+    # ---- drafting ------------------------------------------------------------------------------
+    def _draft(self, seqs: list[_Sequence], sp: SamplingParams, gen: torch.Generator):
+        """-> (drafts ``[B, n]``, draft probabilities ``[B, n, V]`` or None when greedy)."""
+        n = self.spec_steps
+        # Catch-up step over the fresh positions: position t pairs h_t with x_{t+1}.
+        positions = [list(range(s.fresh_from, s.fresh_from + s.fresh_hidden.shape[0])) for s in seqs]
+        view, _ = self._view(seqs, positions)
+        width = view.positions.shape[1]
+        hidden = torch.zeros(len(seqs), width, self.config.hidden_size, dtype=self.dtype, device=self.device)
+        next_ids = []
+        for row, s in enumerate(seqs):
+            hidden[row, : s.fresh_hidden.shape[0]] = s.fresh_hidden
+            next_ids.append(s.tokens[s.fresh_from + 1: s.fresh_from + 1 + s.fresh_hidden.shape[0]])
+        out, logits, topk = self.model.mtp(hidden, self._ids(next_ids, width, self.device), view=view)
+        last = torch.tensor([len(p) - 1 for p in positions], device=self.device)
+        rows = torch.arange(len(seqs), device=self.device)
+        h, step_logits, shared = out[rows, last][:, None], logits[rows, last], topk[rows, last][:, None]
+        if not self.config.index_share_for_mtp_iteration:
+            shared = None
+        drafts, probs = [], []
+        for j in range(n):
+            if j:
+                pos = [[s.fresh_from + s.fresh_hidden.shape[0] - 1 + j] for s in seqs]
+                view, _ = self._view(seqs, pos)
+                h, step_logits, _ = self.model.mtp(h, drafts[-1][:, None].to(self.device), view=view, shared_topk=shared)
+                step_logits = step_logits[:, 0]
+            q = self._probs(step_logits, sp)
+            drafts.append(self._sample(q, gen))
+            probs.append(q)
+        draft_probs = torch.stack(probs, dim=1) if sp.temperature > 0 else None
+        return torch.stack(drafts, dim=1), draft_probs
+
+    # ---- the loop ------------------------------------------------------------------------------
+    @torch.no_grad()
+    def generate(self, prompts: list[list[int]], max_new_tokens: int,
+                 sampling: SamplingParams | None = None) -> GenerationResult:
+        sp = sampling or SamplingParams(temperature=0.0)
+        if max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+        if not prompts or any(len(p) == 0 for p in prompts):
+            raise ValueError("prompts must be a non-empty list of non-empty token lists")
+        vocab = self.config.vocab_size
+        for i, p in enumerate(prompts):
+            if min(p) < 0 or max(p) >= vocab:
+                raise ValueError(f"prompt {i} has token ids outside [0, {vocab})")
+        gen = torch.Generator().manual_seed(sp.seed)
+        seqs = [_Sequence(seq_id=i, tokens=list(p), prompt_len=len(p)) for i, p in enumerate(prompts)]
+        start = time.perf_counter()
+        try:
+            self._prefill(seqs, sp, gen)
+            for s in seqs:
+                self._finish_if_done(s, max_new_tokens)
+            steps, emitted, per_step = 0, 0, []
+            while live := [s for s in seqs if not s.done]:
+                n_out = self._step(live, sp, gen, offset=steps)
+                steps += 1
+                emitted += sum(n_out)
+                per_step.append(sum(n_out) / len(n_out))
+                for s in live:
+                    self._finish_if_done(s, max_new_tokens)
+        finally:
+            for s in seqs:
+                if s.seq_id in self.allocator.tables:
+                    self.allocator.release(s.seq_id)
+        return GenerationResult([s.generated[:max_new_tokens] for s in seqs], steps, emitted,
+                                time.perf_counter() - start, per_step)
+
+    def _prefill(self, seqs: list[_Sequence], sp: SamplingParams, gen: torch.Generator) -> None:
+        hidden, logits = self._target(seqs, [0] * len(seqs), [s.tokens for s in seqs])
+        last = torch.tensor([s.prompt_len - 1 for s in seqs], device=self.device)
+        rows = torch.arange(len(seqs), device=self.device)
+        first = self._sample(self._probs(logits[rows, last], sp), gen)
+        for row, s in enumerate(seqs):
+            s.tokens.append(int(first[row]))
+            s.fresh_hidden, s.fresh_from = hidden[row, : s.prompt_len], 0
+
+    def _step(self, seqs: list[_Sequence], sp: SamplingParams, gen: torch.Generator, offset: int) -> list[int]:
+        """One draft + verify round (or one plain token); returns tokens emitted per sequence."""
+        lengths = [len(s.tokens) for s in seqs]
+        if self.spec_steps:
+            drafts, draft_probs = self._draft(seqs, sp, gen)
+        else:
+            drafts, draft_probs = torch.zeros(len(seqs), 0, dtype=torch.int64), None
+        new = [[s.tokens[-1]] + d for s, d in zip(seqs, drafts.tolist())]
+        hidden, logits = self._target(seqs, [n - 1 for n in lengths], new)
+        if sp.temperature == 0:
+            tokens, counts = kernels.spec_verify_greedy(drafts.to(self.device), logits)
+        else:
+            tokens, counts = kernels.spec_verify_sampling(drafts.to(self.device), draft_probs,
+                                                         self._probs(logits, sp), sp.seed, offset)
+        out = []
+        for row, s in enumerate(seqs):
+            m = int(counts[row])
+            s.tokens.extend(tokens[row, :m].tolist())
+            # The target saw x_{L-1} and the m-1 accepted drafts: their hidden states are new for the MTP.
+            s.fresh_hidden, s.fresh_from = hidden[row, :m], lengths[row] - 1
+            self.allocator.truncate(s.seq_id, len(s.tokens))
+            out.append(m)
+        return out
+
+    def _finish_if_done(self, s: _Sequence, max_new_tokens: int) -> None:
+        generated = s.generated
+        hit_eos = next((i for i, t in enumerate(generated) if t in self.eos), None)
+        if hit_eos is not None:
+            s.tokens = s.tokens[: s.prompt_len + hit_eos + 1]
+        if hit_eos is not None or len(generated) >= max_new_tokens:
+            s.done = True
+            self.allocator.release(s.seq_id)
