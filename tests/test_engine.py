@@ -55,7 +55,7 @@ def plain_greedy(model: GLM52ForCausalLM, prompt: list[int], new_tokens: int) ->
     return out
 
 
-@pytest.mark.parametrize("make,noise", [(random_model, None), (bigram_model, 0.0), (bigram_model, 0.3)],
+@pytest.mark.parametrize("make,noise", [(random_model, None), (bigram_model, 0.0), (bigram_model, 0.02)],
                          ids=["random-mtp", "oracle-mtp", "noisy-mtp"])
 def test_greedy_speculative_equals_plain_greedy(make, noise):
     model = make(0) if noise is None else make(0, draft_noise=noise)
@@ -67,10 +67,12 @@ def test_greedy_speculative_equals_plain_greedy(make, noise):
         assert result.tokens == want, f"spec_steps={n}"
         if noise == 0.0:  # a perfect drafter: every draft accepted
             assert result.accepted_per_step == pytest.approx(n + 1, abs=0.5)
+        if noise == 0.02 and n == 3:  # a fair drafter: some drafts accepted, some rolled back
+            assert 1.2 < result.accepted_per_step < 3.8
 
 
 def test_batch_composition_does_not_change_greedy_output():
-    model = bigram_model(1, draft_noise=0.2)
+    model = bigram_model(1, draft_noise=0.02)
     batch = prompts(model.config, (40, 3, 25, 9), seed=2)
     together = Engine(model, spec_steps=2).generate(batch, 10).tokens
     alone = [Engine(model, spec_steps=2).generate([p], 10).tokens[0] for p in batch]
@@ -116,7 +118,7 @@ def test_same_seed_same_output_and_seeds_differ():
 
 
 def test_eos_stops_a_sequence_and_caches_do_not_leak():
-    model = bigram_model(7, draft_noise=0.3)
+    model = bigram_model(7, draft_noise=0.02)
     batch = prompts(model.config, (6, 30, 12), seed=8)
     free_run = Engine(model, spec_steps=2).generate(batch, 10).tokens
     eos = free_run[1][4]

@@ -1,4 +1,5 @@
-"""The ``glm52`` command: ``plan`` (memory planner), ``demo`` (tiny checkpoint round trip), ``selfcheck``.
+"""The ``glm52`` command: ``plan`` (memory planner), ``generate`` (speculative decoding from a checkpoint),
+``demo`` (tiny checkpoint round trip), ``selfcheck``.
 
 Results go to stdout, errors to stderr (exit status 2 for bad input).
 """
@@ -34,6 +35,27 @@ def _parser() -> argparse.ArgumentParser:
     d.add_argument("--seed", type=int, default=0)
     d.add_argument("--prompt-len", type=int, default=24)
     d.add_argument("--tokens", type=int, default=12, help="greedy tokens to generate")
+    d.add_argument("--spec-steps", type=int, default=3, help="MTP draft tokens per step")
+
+    g = sub.add_parser("generate", help="generate from a checkpoint with MTP speculative decoding")
+    g.add_argument("--checkpoint", required=True, metavar="DIR")
+    prompt = g.add_mutually_exclusive_group(required=True)
+    prompt.add_argument("--prompt-ids", action="append", metavar="1,2,3", help="token ids (repeat for a batch)")
+    prompt.add_argument("--prompt", action="append", metavar="TEXT", help="text, rendered with the chat template "
+                        "of --tokenizer (repeat for a batch)")
+    g.add_argument("--tokenizer", metavar="DIR", help="tokenizer directory (default: the checkpoint's)")
+    g.add_argument("--max-new-tokens", type=int, default=32)
+    g.add_argument("--spec-steps", type=int, default=3, help="MTP draft tokens per step; 0: plain decoding")
+    g.add_argument("--temperature", type=float, default=1.0, help="0: greedy")
+    g.add_argument("--top-p", type=float, default=0.95)
+    g.add_argument("--top-k", type=int, default=0)
+    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--reasoning-effort", choices=("max", "high"), default="max")
+    g.add_argument("--no-thinking", action="store_true", help="enable_thinking=False in the chat template")
+    g.add_argument("--dtype", choices=("auto", "bfloat16", "float32"), default="auto")
+    g.add_argument("--device", default="cpu")
+    g.add_argument("--cache-mb", type=int, default=256, help="KV-cache budget")
+    g.add_argument("--json", action="store_true", help="print one JSON object")
 
     sub.add_parser("selfcheck", help="check the installed kernels (glm52_ext.selfcheck)")
     return parser
@@ -49,13 +71,18 @@ def main(argv: list[str] | None = None) -> int:
             result = plan(config, weights=args.weights, kv=args.kv, context=args.context, batch=args.batch,
                           tp=args.tp, ep=args.ep)
             print(json.dumps(result) if args.json else format_plan(result))
+        elif args.command == "generate":
+            from .generate import run_cli
+
+            run_cli(args)
         elif args.command == "demo":
             from . import demo
 
             for name in ("prompt_len", "tokens"):
                 if getattr(args, name) < 1:
                     raise ValueError(f"--{name.replace('_', '-')} must be a positive integer")
-            demo.run(out_dir=args.out, seed=args.seed, prompt_len=args.prompt_len, new_tokens=args.tokens)
+            demo.run(out_dir=args.out, seed=args.seed, prompt_len=args.prompt_len, new_tokens=args.tokens,
+                     spec_steps=args.spec_steps)
         else:
             from glm52_ext import selfcheck
 
