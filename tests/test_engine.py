@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from glm52 import GLM52Config, GLM52ForCausalLM
+from glm52 import GLM52Config, GLM52ForCausalLM, synthetic
 from glm52.checkpoint import init_random_
 from glm52.engine import Engine, SamplingParams
 from glm52.kv_cache import BlockAllocator, CacheFullError
@@ -17,27 +17,8 @@ def random_model(seed: int = 0, **overrides) -> GLM52ForCausalLM:
 
 
 def bigram_model(seed: int = 0, draft_noise: float = 0.0, **overrides) -> GLM52ForCausalLM:
-    """A model whose blocks add nothing to the residual stream, so its next token depends on the
-    current one only; its MTP layer then predicts x_{t+2} from x_{t+1} alone, i.e. exactly what the
-    target will say (``draft_noise`` perturbs the MTP to make it a worse drafter). The attention,
-    indexer and caches still run in full."""
-    model = random_model(seed, **overrides)
-    hidden = model.config.hidden_size
-    with torch.no_grad():
-        for layer in model.model.layers:
-            layer.self_attn.o_proj.weight.zero_()
-            mlp = layer.mlp
-            for linear in ([mlp.down_proj] if hasattr(mlp, "down_proj") else
-                           [mlp.experts.down_proj, mlp.shared_experts.down_proj]):
-                linear.weight.zero_()
-        mtp = model.model.layers[model.config.num_hidden_layers]
-        mtp.enorm.weight.fill_(1.0)
-        mtp.eh_proj.weight.zero_()
-        mtp.eh_proj.weight[:, :hidden] = torch.eye(hidden)  # pass the next token's embedding through
-        mtp.shared_head.norm.weight.copy_(model.model.norm.weight)
-        g = torch.Generator().manual_seed(seed + 1)
-        mtp.eh_proj.weight.add_(draft_noise * torch.randn(mtp.eh_proj.weight.shape, generator=g))
-    return model
+    """A target whose MTP layer is a drafter of known quality (see glm52.synthetic)."""
+    return synthetic.bigram_model(GLM52Config.preset("tiny").replace(**overrides), seed, draft_noise)
 
 
 def prompts(config: GLM52Config, lengths, seed: int = 0) -> list[list[int]]:
