@@ -8,6 +8,10 @@
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
+#include <c10/util/bit_cast.h>
+
+#include <algorithm>
+#include <array>
 #include <cmath>
 
 namespace glm52::quant {
@@ -58,15 +62,27 @@ void quant_fp8_per_token_group_out_cpu(const at::Tensor& x, int64_t group_size, 
   });
 }
 
+// All 256 e4m3 codes as floats (every code is exact in fp32): one load instead of bit surgery.
+const std::array<float, 256>& e4m3_table() {
+  static const std::array<float, 256> table = [] {
+    std::array<float, 256> t{};
+    for (int code = 0; code < 256; ++code) t[code] = static_cast<float>(c10::bit_cast<at::Float8_e4m3fn>(uint8_t(code)));
+    return t;
+  }();
+  return table;
+}
+
 template <typename OutT>
-void dequant_blocks_cpu(const at::Float8_e4m3fn* w, const float* scale_inv, OutT* out, int64_t batch,
-                        int64_t rows, int64_t cols, int64_t block_rows, int64_t block_cols) {
+void dequant_blocks_cpu(const uint8_t* w, const float* scale_inv, OutT* out, int64_t batch, int64_t rows,
+                        int64_t cols, int64_t block_rows, int64_t block_cols) {
+  const auto& table = e4m3_table();
   at::parallel_for(0, batch * rows, 16, [&](int64_t begin, int64_t end) {
     for (int64_t br = begin; br < end; ++br) {
       const int64_t b = br / rows, r = br % rows;
-      for (int64_t c = 0; c < cols; ++c) {
-        const float s = scale_inv[block_scale_offset(b, r, c, rows, cols, block_rows, block_cols)];
-        out[br * cols + c] = static_cast<OutT>(static_cast<float>(w[br * cols + c]) * s);
+      for (int64_t c0 = 0; c0 < cols; c0 += block_cols) {
+        const float s = scale_inv[block_scale_offset(b, r, c0, rows, cols, block_rows, block_cols)];
+        const int64_t c1 = std::min(cols, c0 + block_cols);
+        for (int64_t c = c0; c < c1; ++c) out[br * cols + c] = static_cast<OutT>(table[w[br * cols + c]] * s);
       }
     }
   });
@@ -79,7 +95,7 @@ void dequant_fp8_block_out_cpu(const at::Tensor& w, const at::Tensor& scale_inv,
   if (w.numel() == 0) return;
   const int64_t rows = w.size(-2), cols = w.size(-1), batch = w.numel() / (rows * cols);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, out.scalar_type(), kDequantOp, [&] {
-    dequant_blocks_cpu<scalar_t>(w.const_data_ptr<at::Float8_e4m3fn>(), scale_inv.const_data_ptr<float>(),
+    dequant_blocks_cpu<scalar_t>(static_cast<const uint8_t*>(w.const_data_ptr()), scale_inv.const_data_ptr<float>(),
                                  out.mutable_data_ptr<scalar_t>(), batch, rows, cols, block[0], block[1]);
   });
 }
