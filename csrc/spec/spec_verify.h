@@ -50,19 +50,26 @@ GLM52_HD float mul_rn(float a, float b) {
 // so p == q never rejects through rounding. A NaN p never accepts.
 GLM52_HD bool accept_draft(float p, float q, float u) { return p >= q || mul_rn(u, q) < p; }
 
-// Number of accepted draft tokens k in [0, n] for batch row b: d_j is tried in order with its
-// own accept uniform. draft_probs == nullptr means a deterministic draft (q = 1 at d_j). A draft
-// token outside [0, V) is never accepted (it has no probability under the target).
+// Whether draft position j of a batch row passes its accept test (each position draws its own
+// uniform, so the tests are independent: a warp can run them side by side). draft_probs ==
+// nullptr means a deterministic draft (q = 1 at d_j). A token outside [0, V) is never accepted
+// (it has no probability under the target).
+template <typename DraftT>
+GLM52_HD bool draft_accepted(const DraftT* draft, const float* draft_probs, const float* target_probs, int64_t j,
+                             int64_t vocab, uint64_t seed, uint64_t offset, uint32_t b) {
+  const int64_t d = static_cast<int64_t>(draft[j]);
+  if (d < 0 || d >= vocab) return false;
+  const float p = target_probs[j * vocab + d];
+  const float q = draft_probs ? draft_probs[j * vocab + d] : 1.0f;
+  return accept_draft(p, q, philox_uniform(seed, offset, b, static_cast<uint32_t>(j), Draw::kAccept));
+}
+
+// Number of accepted draft tokens k in [0, n]: the first position that fails its test.
 template <typename DraftT>
 GLM52_HD int64_t accepted_prefix(const DraftT* draft, const float* draft_probs, const float* target_probs, int64_t n,
                                  int64_t vocab, uint64_t seed, uint64_t offset, uint32_t b) {
-  for (int64_t j = 0; j < n; ++j) {
-    const int64_t d = static_cast<int64_t>(draft[j]);
-    if (d < 0 || d >= vocab) return j;
-    const float p = target_probs[j * vocab + d];
-    const float q = draft_probs ? draft_probs[j * vocab + d] : 1.0f;
-    if (!accept_draft(p, q, philox_uniform(seed, offset, b, static_cast<uint32_t>(j), Draw::kAccept))) return j;
-  }
+  for (int64_t j = 0; j < n; ++j)
+    if (!draft_accepted(draft, draft_probs, target_probs, j, vocab, seed, offset, b)) return j;
   return n;
 }
 
@@ -80,6 +87,27 @@ GLM52_HD float sample_weight(float p, float q, WeightMode mode) {
 
 GLM52_HD bool usable_mass(float total) { return total > 0.0f && total <= FLT_MAX; }
 
+// Where the weights of the stop position k of one batch row come from.
+struct StopRow {
+  const float* p;  // [V] target probs at k
+  const float* q;  // [V] draft probs at k, or nullptr (deterministic draft, or the bonus k == n)
+  int64_t onehot;  // the deterministic draft's token d_k (q one-hot there), or -1
+};
+
+// draft_row [n], draft_probs_row [n, V] or nullptr, target_probs_row [n + 1, V].
+template <typename DraftT>
+GLM52_HD StopRow stop_row(const DraftT* draft_row, const float* draft_probs_row, const float* target_probs_row,
+                          int64_t k, int64_t n, int64_t vocab) {
+  const bool rejected = k < n;
+  return {target_probs_row + k * vocab, rejected && draft_probs_row ? draft_probs_row + k * vocab : nullptr,
+          rejected && !draft_probs_row ? static_cast<int64_t>(draft_row[k]) : -1};
+}
+
+// w(v) given p(v) and, when the row has draft probs, q(v) as loaded.
+GLM52_HD float stop_weight(const StopRow& row, int64_t v, float p, float q_loaded, WeightMode mode) {
+  return sample_weight(p, row.q ? q_loaded : (v == row.onehot ? 1.0f : 0.0f), mode);
+}
+
 // ---- sampling: the inverse-CDF summation order -------------------------------------------------
 //
 // A row of V weights is cut into tiles of 1024 (the last one zero-padded). A tile is summed as a
@@ -89,7 +117,7 @@ GLM52_HD bool usable_mass(float total) { return total > 0.0f && total <= FLT_MAX
 //   I_l = I_{l-off} + I_l), then over the 8 warp totals the same way (offsets 1, 2, 4), and each
 //   warp w > 0 adds warp w-1's scanned total: I_t = W_{w-1} + I_t;
 //   element 4t+i has the inclusive value e = E_t + q_{t,i} with E_t = I_{t-1} (E_0 = 0);
-//   the tile total is I_255.
+//   the tile total is W_7, the last scanned warp total (every thread of the block holds it).
 // The tile totals T_c are scanned by the same rule in chunks of 1024 tiles with a running carry:
 // cum(c) = carry + e_c, carry += chunk total; S = the final carry; target = u * S.
 // The sampled tile is the first c with T_c > 0 and cum(c) > target (none: the last c with
@@ -102,8 +130,8 @@ constexpr int kScanWarps = kScanThreads / 32;
 
 GLM52_HD int64_t scan_tiles(int64_t n) { return ceil_div(n, kScanTile); }
 
-// Host replay of the block scan: s[256] holds the thread partials P_t and becomes I_t.
-inline void scan_block_partials_host(float* s) {
+// Host replay of the block scan: s[256] holds the thread partials P_t and becomes I_t; returns W_7.
+inline float scan_block_partials_host(float* s) {
   for (int w = 0; w < kScanWarps; ++w)
     for (int off = 1; off < 32; off *= 2)
       for (int lane = 31; lane >= off; --lane) s[32 * w + lane] = s[32 * w + lane - off] + s[32 * w + lane];
@@ -113,6 +141,7 @@ inline void scan_block_partials_host(float* s) {
     for (int w = kScanWarps - 1; w >= off; --w) totals[w] = totals[w - off] + totals[w];
   for (int w = 1; w < kScanWarps; ++w)
     for (int lane = 0; lane < 32; ++lane) s[32 * w + lane] = totals[w - 1] + s[32 * w + lane];
+  return totals[kScanWarps - 1];
 }
 
 // Host replay of one tile: x[1024] -> the inclusive values e[1024] (when e != nullptr) and the total.
@@ -122,7 +151,7 @@ inline float scan_tile_host(const float* x, float* e) {
     const float* xt = x + kScanPerThread * t;
     partial[t] = ((xt[0] + xt[1]) + xt[2]) + xt[3];
   }
-  scan_block_partials_host(partial);
+  const float total = scan_block_partials_host(partial);
   if (e != nullptr)
     for (int t = 0; t < kScanThreads; ++t) {
       const float* xt = x + kScanPerThread * t;
@@ -134,7 +163,7 @@ inline float scan_tile_host(const float* x, float* e) {
         e[4 * t + i] = excl + q;
       }
     }
-  return partial[kScanThreads - 1];
+  return total;
 }
 
 // The host sampler: weight(v) -> w(v) >= 0 over [0, vocab), u in [0, 1). Returns the sampled

@@ -60,16 +60,11 @@ void verify_sampling_cpu(const DraftT* draft, const float* draft_probs, const fl
       const float* p = target_probs + b * (n + 1) * vocab;
       const float* q = draft_probs ? draft_probs + b * n * vocab : nullptr;
       const int64_t k = accepted_prefix(d, q, p, n, vocab, seed, offset, static_cast<uint32_t>(b));
-      // The stop row: target p_k, and q_k (none for the bonus; one-hot at d_k for a deterministic draft).
-      const float* pk = p + k * vocab;
-      const float* qk = k < n && q ? q + k * vocab : nullptr;
-      const int64_t onehot = k < n && !q ? static_cast<int64_t>(d[k]) : -1;
+      const StopRow row = stop_row(d, q, p, k, n, vocab);
       const float u = philox_uniform(seed, offset, static_cast<uint32_t>(b), static_cast<uint32_t>(k), Draw::kSample);
       int64_t token = -1;
       for (WeightMode mode : {WeightMode::kResidual, WeightMode::kTarget}) {
-        auto weight = [&](int64_t v) {
-          return sample_weight(pk[v], qk ? qk[v] : (v == onehot ? 1.0f : 0.0f), mode);
-        };
+        auto weight = [&](int64_t v) { return stop_weight(row, v, row.p[v], row.q ? row.q[v] : 0.0f, mode); };
         token = sample_inverse_cdf_host(weight, vocab, u, scratch.data());
         if (token >= 0) break;
       }
