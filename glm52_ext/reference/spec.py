@@ -87,7 +87,7 @@ def scan_tile(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """The kernels' fp32 summation order for tiles ``x[..., 1024]``: thread t of a 256-thread
     block sums ``x[4t:4t+4]`` left to right; a Kogge-Stone scan runs inside each warp of 32, then
     over the 8 warp totals, which are added to the next warps. Returns (inclusive value of every
-    element ``[..., 1024]``, tile total ``[...]``)."""
+    element ``[..., 1024]``, tile total ``[...]`` = the last scanned warp total)."""
     x = x.to(torch.float32)
     lead = x.shape[:-1]
     x4 = x.reshape(*lead, 256, 4)
@@ -101,7 +101,7 @@ def scan_tile(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     inclusive = warps.reshape(*lead, 256)
     exclusive = torch.cat([torch.zeros_like(inclusive[..., :1]), inclusive[..., :-1]], dim=-1)
     elements = (exclusive[..., None] + partial).reshape(*lead, SCAN_TILE)
-    return elements, inclusive[..., 255]
+    return elements, totals[..., 7]
 
 
 def _pad_tiles(w: torch.Tensor) -> torch.Tensor:
