@@ -30,9 +30,29 @@ def _check_dequant(device: str) -> bool:
     return torch.equal(out.cpu(), reference.dequant_fp8_block(w, s))
 
 
+def _check_spec_greedy(device: str) -> bool:
+    logits = torch.randn(8, 4, 5000).bfloat16()
+    draft = logits.float().argmax(dim=-1)[:, :3].contiguous()
+    draft[::2, 1] = 7
+    got = ops.spec_verify_greedy(draft.to(device), logits.to(device))
+    want = reference.spec_verify_greedy(draft, logits)
+    return all(torch.equal(a.cpu(), b) for a, b in zip(got, want))
+
+
+def _check_spec_sampling(device: str) -> bool:
+    target = torch.softmax(torch.randn(8, 4, 5000) * 3, dim=-1)
+    draft_probs = torch.softmax(torch.randn(8, 3, 5000) * 3, dim=-1)
+    draft = torch.multinomial(draft_probs.view(-1, 5000), 1).view(8, 3)
+    got = ops.spec_verify_sampling(draft.to(device), draft_probs.to(device), target.to(device), 1234, 5)
+    want = reference.spec_verify_sampling(draft, draft_probs, target, 1234, 5)
+    return all(torch.equal(a.cpu(), b) for a, b in zip(got, want))
+
+
 CHECKS: dict[str, Callable[[str], bool]] = {
     "quant_fp8_per_token_group": _check_quant,
     "dequant_fp8_block": _check_dequant,
+    "spec_verify_greedy": _check_spec_greedy,
+    "spec_verify_sampling": _check_spec_sampling,
 }
 
 

@@ -16,6 +16,10 @@ EXPECTED_KERNELS = {
     "quant_fp8_group_vec_kernel": (),
     "quant_fp8_group_scalar_kernel": (),
     "dequant_fp8_block_kernel": (),
+    "spec_greedy_split_argmax_kernel": (),
+    "spec_greedy_accept_kernel": (),
+    "spec_sampling_tile_totals_kernel": (),
+    "spec_sampling_resample_kernel": (),
 }
 
 pytestmark = [

@@ -17,7 +17,16 @@ def op_samples(device):
     s = torch.rand(2, 2, 2, generator=g)
     q_out = torch.empty(6, 300, dtype=torch.float8_e4m3fn)
     s_out = torch.empty(6, 3)
+    logits = torch.randn(3, 4, 1100, generator=g)
+    draft = logits.argmax(dim=-1)[:, :3].contiguous()
+    probs = torch.softmax(logits, dim=-1)
+    draft_probs = torch.softmax(torch.randn(3, 3, 1100, generator=g), dim=-1)
     d = device
+
+    def verify_out():
+        return {"tokens": torch.empty(3, 4, dtype=torch.int32, device=d),
+                "num_emitted": torch.empty(3, dtype=torch.int32, device=d)}
+
     return [
         (torch.ops.glm52.quant_fp8_per_token_group.default, (x.to(d), 128, False), {}),
         (torch.ops.glm52.quant_fp8_per_token_group.default, (x.bfloat16().to(d), 64, True), {}),
@@ -26,6 +35,12 @@ def op_samples(device):
         (torch.ops.glm52.dequant_fp8_block.default, (w.to(d), s.to(d), torch.float32, [128, 128]), {}),
         (torch.ops.glm52.dequant_fp8_block_out.default, (w.to(d), s.to(d), [128, 128]),
          {"out": torch.empty(2, 130, 200, dtype=torch.bfloat16, device=d)}),
+        (torch.ops.glm52.spec_verify_greedy.default, (draft.to(d), logits.bfloat16().to(d)), {}),
+        (torch.ops.glm52.spec_verify_greedy_out.default, (draft.int().to(d), logits.to(d)), verify_out()),
+        (torch.ops.glm52.spec_verify_sampling.default, (draft.to(d), draft_probs.to(d), probs.to(d), 1, 2), {}),
+        (torch.ops.glm52.spec_verify_sampling.default, (draft.to(d), None, probs.to(d), 1, 2), {}),
+        (torch.ops.glm52.spec_verify_sampling_out.default, (draft.to(d), draft_probs.to(d), probs.to(d), 3, 4),
+         verify_out()),
     ]
 
 
@@ -74,3 +89,19 @@ def test_torch_compile_fullgraph(device):
     compiled = torch.compile(quant_roundtrip, fullgraph=True, backend="aot_eager")
     want = reference.dequant_fp8_block(*reference.quant_fp8_per_token_group(x.cpu()), torch.float32, (1, 128))
     assert torch.equal(compiled(x).cpu(), want)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_spec_verify_torch_compile_fullgraph(device):
+    def verify(draft, logits, probs, seed, offset):
+        return ops.spec_verify_greedy(draft, logits), ops.spec_verify_sampling(draft, None, probs, seed, offset)
+
+    torch._dynamo.reset()
+    logits = torch.randn(4, 3, 300)
+    probs = torch.softmax(logits, dim=-1)
+    draft = logits.argmax(dim=-1)[:, :2].contiguous()
+    compiled = torch.compile(verify, fullgraph=True, backend="aot_eager")
+    got = compiled(draft.to(device), logits.to(device), probs.to(device), 5, 6)
+    assert all(torch.equal(a.cpu(), b) for a, b in zip(got[0], reference.spec_verify_greedy(draft, logits)))
+    want = reference.spec_verify_sampling(draft, None, probs, 5, 6)
+    assert all(torch.equal(a.cpu(), b) for a, b in zip(got[1], want))

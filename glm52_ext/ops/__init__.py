@@ -9,5 +9,13 @@ what was expected.
 
 from .. import _C  # noqa: F401  (loads the extension: registers torch.ops.glm52.*)
 from .quant import dequant_fp8_block, quant_fp8_per_token_group
+from .spec import PROB_SUM_TOLERANCE, sampling_probs, spec_verify_greedy, spec_verify_sampling
 
-__all__ = ["dequant_fp8_block", "quant_fp8_per_token_group"]
+__all__ = [
+    "PROB_SUM_TOLERANCE",
+    "dequant_fp8_block",
+    "quant_fp8_per_token_group",
+    "sampling_probs",
+    "spec_verify_greedy",
+    "spec_verify_sampling",
+]

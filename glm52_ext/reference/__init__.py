@@ -13,12 +13,18 @@ from .quant import (
     quant_fp8_per_token_group,
     round_scale_to_ue8m0,
 )
+from .spec import philox4x32_10, philox_uniform, sample_inverse_cdf, spec_verify_greedy, spec_verify_sampling
 
 __all__ = [
     "FP8_E4M3_MAX",
     "QUANT_AMAX_EPS",
     "ceil_div",
     "dequant_fp8_block",
+    "philox4x32_10",
+    "philox_uniform",
     "quant_fp8_per_token_group",
     "round_scale_to_ue8m0",
+    "sample_inverse_cdf",
+    "spec_verify_greedy",
+    "spec_verify_sampling",
 ]

@@ -1,0 +1,72 @@
+// CUDA entry points of the speculative verification family: check, allocate the workspace from
+// the caching allocator (CUDA-graph safe), pick the stream, launch. No host synchronization.
+#include "spec/cuda/spec_verify_launch.h"
+#include "spec/spec_checks.h"
+
+#include <ATen/ATen.h>
+#include <ATen/cuda/CUDAContext.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+#include <torch/library.h>
+
+namespace glm52::spec {
+namespace {
+
+DType launch_dtype(at::ScalarType t) {
+  switch (t) {
+    case at::kFloat: return DType::kFloat32;
+    case at::kHalf: return DType::kFloat16;
+    case at::kBFloat16: return DType::kBFloat16;
+    default: TORCH_CHECK(false, "glm52: no CUDA kernel for dtype ", t);
+  }
+}
+
+int sm_count() { return at::cuda::getCurrentDeviceProperties()->multiProcessorCount; }
+
+void spec_verify_greedy_out_cuda(const at::Tensor& draft, const at::Tensor& target_logits, at::Tensor& tokens,
+                                 at::Tensor& num_emitted) {
+  check_greedy_inputs(draft, target_logits);
+  check_verify_outputs(draft, tokens, num_emitted, kGreedyOp);
+  const c10::cuda::CUDAGuard guard(draft.device());
+  const int64_t batch = draft.size(0), n = draft.size(1), vocab = target_logits.size(2);
+  const int64_t splits = plan_greedy_splits(batch * (n + 1), vocab, sm_count());
+  auto partial_value = at::empty({batch * (n + 1), splits}, target_logits.options().dtype(at::kFloat));
+  auto partial_index = at::empty({batch * (n + 1), splits}, target_logits.options().dtype(at::kInt));
+  GreedyVerifyArgs args{draft.const_data_ptr(), draft.scalar_type() == at::kLong, target_logits.const_data_ptr(),
+                        launch_dtype(target_logits.scalar_type()), partial_value.mutable_data_ptr<float>(),
+                        partial_index.mutable_data_ptr<int32_t>(), tokens.mutable_data_ptr<int32_t>(),
+                        num_emitted.mutable_data_ptr<int32_t>(), batch, n, vocab, splits};
+  C10_CUDA_CHECK(launch_spec_verify_greedy(args, c10::cuda::getCurrentCUDAStream()));
+}
+
+void spec_verify_sampling_out_cuda(const at::Tensor& draft, const std::optional<at::Tensor>& draft_probs,
+                                   const at::Tensor& target_probs, int64_t seed, int64_t offset, at::Tensor& tokens,
+                                   at::Tensor& num_emitted) {
+  check_sampling_inputs(draft, draft_probs, target_probs);
+  check_verify_outputs(draft, tokens, num_emitted, kSamplingOp);
+  const c10::cuda::CUDAGuard guard(draft.device());
+  const int64_t batch = draft.size(0), n = draft.size(1), vocab = target_probs.size(2);
+  auto tile_totals = at::empty({batch, scan_tiles(vocab)}, target_probs.options());
+  SamplingVerifyArgs args{draft.const_data_ptr(),
+                          draft.scalar_type() == at::kLong,
+                          draft_probs.has_value() ? draft_probs->const_data_ptr<float>() : nullptr,
+                          target_probs.const_data_ptr<float>(),
+                          tile_totals.mutable_data_ptr<float>(),
+                          tokens.mutable_data_ptr<int32_t>(),
+                          num_emitted.mutable_data_ptr<int32_t>(),
+                          batch,
+                          n,
+                          vocab,
+                          static_cast<uint64_t>(seed),
+                          static_cast<uint64_t>(offset)};
+  C10_CUDA_CHECK(launch_spec_verify_sampling(args, sm_count(), c10::cuda::getCurrentCUDAStream()));
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(glm52, CUDA, m) {
+  m.impl("spec_verify_greedy_out", &spec_verify_greedy_out_cuda);
+  m.impl("spec_verify_sampling_out", &spec_verify_sampling_out_cuda);
+}
+
+}  // namespace glm52::spec
