@@ -205,19 +205,23 @@ class Engine:
             s.fresh_hidden, s.fresh_from = hidden[row, : s.prompt_len], 0
 
     def _step(self, seqs: list[_Sequence], sp: SamplingParams, gen: torch.Generator, offset: int) -> list[int]:
-        """One draft + verify round (or one plain token); returns tokens emitted per sequence."""
+        """One draft + verify round (or one plain token); returns tokens emitted per sequence.
+        ``offset`` (the step number) keys the verification's random stream with ``sp.seed``."""
         lengths = [len(s.tokens) for s in seqs]
-        if self.spec_steps:
-            drafts, draft_probs = self._draft(seqs, sp, gen)
-        else:
-            drafts, draft_probs = torch.zeros(len(seqs), 0, dtype=torch.int64), None
+        if not self.spec_steps:
+            _, logits = self._target(seqs, [n - 1 for n in lengths], [[s.tokens[-1]] for s in seqs])
+            for s, token in zip(seqs, self._sample(self._probs(logits[:, 0], sp), gen).tolist()):
+                s.tokens.append(token)
+                self.allocator.truncate(s.seq_id, len(s.tokens))
+            return [1] * len(seqs)
+        drafts, draft_probs = self._draft(seqs, sp, gen)
         new = [[s.tokens[-1]] + d for s, d in zip(seqs, drafts.tolist())]
         hidden, logits = self._target(seqs, [n - 1 for n in lengths], new)
+        drafts = drafts.to(self.device)
         if sp.temperature == 0:
-            tokens, counts = kernels.spec_verify_greedy(drafts.to(self.device), logits)
+            tokens, counts = kernels.spec_verify_greedy(drafts, logits)
         else:
-            tokens, counts = kernels.spec_verify_sampling(drafts.to(self.device), draft_probs,
-                                                         self._probs(logits, sp), sp.seed, offset)
+            tokens, counts = kernels.spec_verify_sampling(drafts, draft_probs, self._probs(logits, sp), sp.seed, offset)
         out = []
         for row, s in enumerate(seqs):
             m = int(counts[row])

@@ -10,7 +10,13 @@ from __future__ import annotations
 
 import torch
 
-from glm52_ext.ops import dequant_fp8_block, quant_fp8_per_token_group
+from glm52_ext.ops import (
+    dequant_fp8_block,
+    quant_fp8_per_token_group,
+    sampling_probs,
+    spec_verify_greedy,
+    spec_verify_sampling,
+)
 
 __all__ = [
     "dequant_fp8_block", "moe_route", "quant_fp8_per_token_group", "sampling_probs", "sparse_mla_prefill",
@@ -76,68 +82,3 @@ def sparse_mla_prefill(
     out = torch.einsum("shk,skc->shc", torch.exp(scores - lse[..., None]), keys[..., :d_v])
     return out.to(q.dtype), lse
 
-
-def sampling_probs(logits: torch.Tensor, temperature: float, top_k: int = 0, top_p: float = 1.0) -> torch.Tensor:
-    """Sampling distribution ``[R, V]`` fp32 from ``logits [R, V]``: temperature, then top-k (0: off)
-    and top-p (nucleus) filtering, renormalized. ``temperature == 0`` is greedy: one-hot argmax."""
-    logits = logits.float()
-    if temperature == 0:
-        return torch.nn.functional.one_hot(logits.argmax(-1), logits.shape[-1]).float()
-    probs = torch.softmax(logits / temperature, dim=-1)
-    sorted_probs, order = probs.sort(dim=-1, descending=True, stable=True)
-    keep = torch.ones_like(sorted_probs, dtype=torch.bool)
-    if top_k > 0:
-        keep[:, top_k:] = False
-    if top_p < 1.0:
-        before = sorted_probs.cumsum(-1) - sorted_probs  # mass strictly before each entry
-        keep &= before < top_p
-    sorted_probs = sorted_probs * keep
-    filtered = torch.zeros_like(probs).scatter_(-1, order, sorted_probs)
-    return filtered / filtered.sum(-1, keepdim=True)
-
-
-def spec_verify_greedy(draft: torch.Tensor, target_logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Greedy verification: ``draft [B, n]``, ``target_logits [B, n+1, V]`` -> (tokens ``[B, n+1]``
-    int32, −1 after the last emitted; ``num_emitted [B]`` int32). Accept d_j while it equals the
-    target's argmax a_{j-1}; emit a at the first mismatch, or the bonus a_n."""
-    b, n = draft.shape
-    target = target_logits.argmax(-1)  # [B, n+1]
-    match = (draft.long() == target[:, :n]).int()
-    accepted = match.cumprod(-1).sum(-1)  # leading matches
-    emitted = accepted + 1
-    keep = torch.arange(n + 1, device=draft.device)[None, :] < emitted[:, None]
-    return torch.where(keep, target, -1).int(), emitted.int()
-
-
-def spec_verify_sampling(draft: torch.Tensor, draft_probs: torch.Tensor | None, target_probs: torch.Tensor,
-                         seed: int, offset: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Speculative sampling, exact in distribution: accept d_j with probability
-    ``min(1, p_j(d_j) / q_j(d_j))``, on rejection sample ``normalize(max(p_j - q_j, 0))``; the bonus
-    comes from ``p_n``. ``draft_probs=None``: a deterministic draft (q one-hot). Randomness from
-    ``(seed, offset)``: same arguments, same result."""
-    b, n = draft.shape
-    v = target_probs.shape[-1]
-    gen = torch.Generator(device="cpu").manual_seed(seed * 1_000_003 + offset)
-    uniforms = torch.rand(b, n, generator=gen)
-    q = draft_probs if draft_probs is not None else torch.nn.functional.one_hot(draft.long(), v).float()
-    tokens = torch.full((b, n + 1), -1, dtype=torch.int32)
-    emitted = torch.empty(b, dtype=torch.int32)
-    p_all, q_all = target_probs.float().cpu(), q.float().cpu()
-    for row in range(b):
-        j = 0
-        while j < n:
-            d = int(draft[row, j])
-            p, qd = p_all[row, j, d], q_all[row, j, d]
-            if uniforms[row, j] * qd <= p:  # accept with min(1, p/q)
-                tokens[row, j] = d
-                j += 1
-                continue
-            break
-        if j < n:
-            residual = (p_all[row, j] - q_all[row, j]).clamp_min(0)
-            dist = residual if residual.sum() > 0 else p_all[row, j]
-        else:
-            dist = p_all[row, n]
-        tokens[row, j] = int(torch.multinomial(dist / dist.sum(), 1, generator=gen))
-        emitted[row] = j + 1
-    return tokens.to(draft.device), emitted.to(draft.device)
