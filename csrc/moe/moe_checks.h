@@ -130,8 +130,8 @@ inline void check_permute(const at::Tensor& x, const std::optional<at::Tensor>& 
   }
   check_dim(ids, kPermuteOp, "ids", 2, "[T, top_k]");
   check_tensor(ids, kPermuteOp, "ids", at::kInt, {x.size(0), ids.size(1)}, "[T, top_k]", x, "x");
-  GLM52_CHECK_ARG(num_experts >= 1 && num_experts <= (int64_t{1} << 20), kPermuteOp, "num_experts",
-                  "must be in [1, 2^20], got ", num_experts);
+  GLM52_CHECK_ARG(num_experts >= 1 && num_experts <= kRouteMaxExperts, kPermuteOp, "num_experts", "must be in [1, ",
+                  kRouteMaxExperts, "], got ", num_experts);
   GLM52_CHECK_ARG(alignment >= 1 && alignment <= 4096, kPermuteOp, "alignment", "must be in [1, 4096], got ", alignment);
 }
 
@@ -144,6 +144,7 @@ inline void check_permute_out(const at::Tensor& x, const std::optional<at::Tenso
                               const at::Tensor& m_indices, const at::Tensor& row_map) {
   check_permute(x, x_scale, ids, num_experts, alignment);
   const int64_t rows = permute_rows(ids, num_experts, alignment);
+  GLM52_CHECK_ARG(rows <= INT32_MAX, kPermuteOp, "ids", "gives ", rows, " permuted rows, more than int32 row_map can index");
   check_tensor(out, kPermuteOp, "out", x.scalar_type(), {rows, x.size(1)},
                "[permuted_rows_bound(T * top_k, num_experts, alignment), K]", x, "x");
   check_tensor(out_scale, kPermuteOp, "out_scale", at::kFloat, {rows, x_scale ? x_scale->size(1) : 0},

@@ -10,6 +10,8 @@ what was expected.
 from .. import _C  # noqa: F401  (loads the extension: registers torch.ops.glm52.*)
 from .moe import (
     fp8_gemm,
+    fp8_moe_experts,
+    fp8_swiglu_mlp,
     fp8_grouped_gemm_contiguous,
     fp8_grouped_gemm_masked,
     grouped_gemm_m_alignment,
@@ -24,6 +26,8 @@ from .quant import dequant_fp8_block, quant_fp8_per_token_group
 __all__ = [
     "dequant_fp8_block",
     "fp8_gemm",
+    "fp8_moe_experts",
+    "fp8_swiglu_mlp",
     "fp8_grouped_gemm_contiguous",
     "fp8_grouped_gemm_masked",
     "grouped_gemm_m_alignment",

@@ -18,6 +18,8 @@ from ..reference.quant import ceil_div
 
 __all__ = [
     "fp8_gemm",
+    "fp8_moe_experts",
+    "fp8_swiglu_mlp",
     "fp8_grouped_gemm_contiguous",
     "fp8_grouped_gemm_masked",
     "grouped_gemm_m_alignment",
@@ -249,6 +251,65 @@ def silu_and_mul_quant_fp8(
         raise ValueError("silu_and_mul_quant_fp8: pass both 'out' and 'out_scale', or neither")
     torch.ops.glm52.silu_and_mul_quant_fp8_out(x, group_size, scale_ue8m0, out=out, out_scale=out_scale)
     return out, out_scale
+
+
+# Composites: the FP8 MoE layer built from the ops above (what the model's MoE layers run).
+
+
+def fp8_moe_experts(
+    x: torch.Tensor,
+    weights: torch.Tensor,
+    ids: torch.Tensor,
+    w13: torch.Tensor,
+    w13_scale: torch.Tensor,
+    w2: torch.Tensor,
+    w2_scale: torch.Tensor,
+    first_expert: int = 0,
+) -> torch.Tensor:
+    """This rank's routed-expert sum ``sum_j weights[t, j] * down_e(silu(gate_e x_t) * up_e x_t)``.
+
+    quantize x -> permute (FP8 rows with their scales) -> grouped GEMM (gate+up fused) ->
+    SwiGLU + quantize -> grouped GEMM (down) -> weighted combine. No host sync.
+
+    Parameters
+    ----------
+    x : torch.Tensor
+        ``[T, H]`` bfloat16 (the RMSNorm output), H a multiple of 128.
+    weights, ids : torch.Tensor
+        ``[T, k]`` float32 / int32 from :func:`moe_route` (global expert ids).
+    w13, w13_scale : torch.Tensor
+        ``[E, 2I, H]`` e4m3 = ``cat([gate_proj, up_proj], dim=1)`` per local expert, and its block
+        scales ``[E, 2I/128, H/128]`` (the two checkpoint ``weight_scale_inv`` concatenated the same
+        way; I a multiple of 128 so no block straddles gate and up).
+    w2, w2_scale : torch.Tensor
+        ``[E, H, I]`` e4m3 ``down_proj`` and ``[E, H/128, I/128]``.
+    first_expert : int
+        Global id of local expert 0 (expert parallelism): other ranks' experts are dropped.
+
+    Returns
+    -------
+    torch.Tensor
+        ``[T, H]`` in x's dtype (the fp32 combine rounded once).
+    """
+    xq, x_scale = torch.ops.glm52.quant_fp8_per_token_group(x, 128, False)
+    a, a_scale, m_indices, row_map = moe_permute(xq, x_scale, ids - first_expert, w13.shape[0])
+    h = fp8_grouped_gemm_contiguous(a, a_scale, w13, w13_scale, m_indices)
+    hq, h_scale = silu_and_mul_quant_fp8(h)
+    y = fp8_grouped_gemm_contiguous(hq, h_scale, w2, w2_scale, m_indices)
+    return moe_unpermute(y, weights, row_map).to(x.dtype)
+
+
+def fp8_swiglu_mlp(
+    x: torch.Tensor, w13: torch.Tensor, w13_scale: torch.Tensor, w2: torch.Tensor, w2_scale: torch.Tensor
+) -> torch.Tensor:
+    """Dense SwiGLU on FP8 weights (the shared expert, dense layers): ``down(silu(gate x) * up x)``.
+
+    ``x [T, H]``; ``w13 [2I, H]`` = ``cat([gate_proj, up_proj])`` e4m3 with ``[2I/128, H/128]``
+    scales, ``w2 [H, I]`` with ``[H/128, I/128]``. Returns ``[T, H]`` bfloat16.
+    """
+    xq, x_scale = torch.ops.glm52.quant_fp8_per_token_group(x, 128, False)
+    hq, h_scale = silu_and_mul_quant_fp8(fp8_gemm(xq, x_scale, w13, w13_scale))
+    return fp8_gemm(hq, h_scale, w2, w2_scale)
 
 
 # Fake (meta) implementations: shapes and dtypes only, for torch.compile. Out-variants return nothing.
