@@ -11,6 +11,9 @@
 
 #include <ATen/core/Tensor.h>
 
+#include <cstdint>
+#include <utility>
+
 namespace glm52::moe {
 
 inline constexpr const char* kContiguousOp = "fp8_grouped_gemm_contiguous";
@@ -54,11 +57,15 @@ inline void check_gemm_operands(const char* op, const at::Tensor& a, const at::T
   check_tensor(b_scale, op, "b_scale", at::kFloat, b_scale_shape, "[(E,) ceil(N / 128), ceil(K / 128)]", a, "a");
 }
 
-// What only the CUDA GEMMs add: whole 128-blocks along N and K (the tile shape), 16-byte rows.
-inline void check_gemm_cuda_shape(const char* op, const at::Tensor& b) {
+// What only the CUDA GEMMs add: whole 128-blocks along N and K (the tile shape) and 16-byte
+// aligned operands (TMA).
+inline void check_gemm_cuda(const char* op, const at::Tensor& a, const at::Tensor& b, const at::Tensor& out) {
   const int64_t n = b.size(-2), k = b.size(-1);
   GLM52_CHECK_ARG(n % kScaleBlock == 0 && k % kScaleBlock == 0, op, "b",
                   "must have N and K multiples of 128 on CUDA (the kernel's tile), got N = ", n, ", K = ", k);
+  for (auto [t, name] : {std::pair<const at::Tensor&, const char*>{a, "a"}, {b, "b"}, {out, "out"}})
+    GLM52_CHECK_ARG(reinterpret_cast<uintptr_t>(t.const_data_ptr()) % 16 == 0, op, name,
+                    "must start at a 16-byte aligned address on CUDA (TMA), got ", t.const_data_ptr());
 }
 
 inline void check_gemm_out(const char* op, const at::Tensor& out, at::IntArrayRef shape, const char* layout,

@@ -28,7 +28,7 @@ void check_int_rows(const char* op, const at::Tensor& a) {
 void run_grouped_gemm(const char* op, GroupedLayout layout, const at::Tensor& a, const at::Tensor& a_scale,
                       const at::Tensor& b, const at::Tensor& b_scale, const int32_t* m_indices,
                       const int32_t* masked_m, at::Tensor& out) {
-  check_gemm_cuda_shape(op, b);
+  check_gemm_cuda(op, a, b, out);
   check_int_rows(op, a);
   const c10::cuda::CUDAGuard guard(a.device());
   const int64_t groups = b.dim() == 3 ? b.size(0) : 1, n = b.size(-2), k = b.size(-1);
