@@ -287,6 +287,7 @@ PERMUTE_CASES = [  # (T, k, E, alignment, drop)
     (50, 4, 8, 16, 0.2),
     (1, 8, 256, 128, 0.0),
     (300, 2, 3, 1, 0.1),
+    (600, 8, 32, 128, 0.05),  # 4800 entries: three permute chunks of 2048
     (0, 8, 16, 128, 0.0),
 ]
 

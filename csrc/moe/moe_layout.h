@@ -31,6 +31,26 @@ GLM52_HD int64_t permuted_rows_bound(int64_t routed, int64_t num_experts, int64_
   return round_up(routed + used * (alignment - 1), alignment);
 }
 
+// Routed entries [begin, end) of permute chunk c (entries are flattened t * top_k + j).
+GLM52_HD void permute_chunk_range(int64_t c, int64_t routed, int64_t* begin, int64_t* end) {
+  *begin = c * kPermuteChunk;
+  *end = routed < *begin + kPermuteChunk ? routed : *begin + kPermuteChunk;
+}
+
+// Turns column e of the per-chunk counts [chunks, num_experts] into exclusive prefixes over the
+// chunks (in place) and returns expert e's total: where each chunk's rows of expert e start
+// within the expert's segment.
+GLM52_HD int32_t chunk_column_scan(int32_t* chunk_counts, int64_t chunks, int64_t num_experts, int64_t e) {
+  int32_t running = 0;
+  for (int64_t c = 0; c < chunks; ++c) {
+    int32_t* slot = chunk_counts + c * num_experts + e;
+    const int32_t here = *slot;
+    *slot = running;
+    running += here;
+  }
+  return running;
+}
+
 // seg_start[num_experts + 1]: seg_start[e] is where expert e's segment begins,
 // seg_start[e + 1] - seg_start[e] = round_up(count[e], alignment); seg_start[num_experts] is the
 // first row of the tail padding. Sequential (integer sums: any order gives the same result).

@@ -1,6 +1,7 @@
-// CPU twins of moe_permute and moe_unpermute. The layout (segment starts, the expert of each
-// permuted row) comes from moe_layout.h, as on the GPU; ranks within an expert follow the
-// flattened (token, slot) order, which the CUDA kernels reproduce chunk by chunk.
+// CPU twins of moe_permute and moe_unpermute. moe_permute runs the CUDA kernels' phases with
+// moe_layout.h's index math (chunk ranges, chunk-count scan, segment starts, the expert of each
+// permuted row); within a chunk the CUDA rank kernel's warp steps give the same order as this
+// sequential walk: (token, slot) order.
 #include "moe/moe_checks.h"
 #include "moe/moe_layout.h"
 
@@ -22,17 +23,30 @@ void moe_permute_out_cpu(const at::Tensor& x, const std::optional<at::Tensor>& x
   const int64_t routed = ids.numel(), top_k = ids.size(1), rows = out.size(0);
   const int64_t row_bytes = x.size(1) * x.element_size(), groups = out_scale.size(1);
   const int32_t* id = ids.const_data_ptr<int32_t>();
-  std::vector<int32_t> count(num_experts, 0);
-  for (int64_t i = 0; i < routed; ++i)
-    if (const int e = local_expert(id[i], num_experts); e >= 0) ++count[e];
+  // The CUDA kernels' phases, chunk by chunk: count, scan the chunk counts, lay out the
+  // segments, then rank each chunk's entries in order from its chunk's prefix.
+  const int64_t chunks = ceil_div(routed, kPermuteChunk);
+  std::vector<int32_t> chunk_prefix(chunks * num_experts, 0), count(num_experts);
+  for (int64_t c = 0; c < chunks; ++c) {
+    int64_t begin, end;
+    permute_chunk_range(c, routed, &begin, &end);
+    for (int64_t i = begin; i < end; ++i)
+      if (const int e = local_expert(id[i], num_experts); e >= 0) ++chunk_prefix[c * num_experts + e];
+  }
+  for (int64_t e = 0; e < num_experts; ++e) count[e] = chunk_column_scan(chunk_prefix.data(), chunks, num_experts, e);
   std::vector<int64_t> seg_start(num_experts + 1);
   segment_starts(count.data(), num_experts, alignment, seg_start.data());
 
   int32_t* map = row_map.mutable_data_ptr<int32_t>();
-  std::vector<int64_t> cursor(seg_start.begin(), seg_start.end() - 1);
-  for (int64_t i = 0; i < routed; ++i) {
-    const int e = local_expert(id[i], num_experts);
-    map[i] = e < 0 ? -1 : static_cast<int32_t>(cursor[e]++);
+  std::vector<int64_t> cursor(num_experts);
+  for (int64_t c = 0; c < chunks; ++c) {
+    int64_t begin, end;
+    permute_chunk_range(c, routed, &begin, &end);
+    for (int64_t e = 0; e < num_experts; ++e) cursor[e] = seg_start[e] + chunk_prefix[c * num_experts + e];
+    for (int64_t i = begin; i < end; ++i) {
+      const int e = local_expert(id[i], num_experts);
+      map[i] = e < 0 ? -1 : static_cast<int32_t>(cursor[e]++);
+    }
   }
   const auto* src = static_cast<const char*>(x.const_data_ptr());
   auto* dst = static_cast<char*>(out.mutable_data_ptr());

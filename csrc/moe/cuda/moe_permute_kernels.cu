@@ -26,8 +26,8 @@ __global__ void __launch_bounds__(kThreads) moe_permute_count_kernel(PermuteArgs
   extern __shared__ int32_t hist[];  // [num_experts]
   for (int64_t e = threadIdx.x; e < a.num_experts; e += kThreads) hist[e] = 0;
   __syncthreads();
-  const int64_t routed = a.tokens * a.top_k, begin = blockIdx.x * int64_t{kPermuteChunk};
-  const int64_t end = std::min(routed, begin + kPermuteChunk);
+  int64_t begin, end;
+  permute_chunk_range(blockIdx.x, a.tokens * a.top_k, &begin, &end);
   for (int64_t i = begin + threadIdx.x; i < end; i += kThreads)
     if (const int e = local_expert(a.ids[i], a.num_experts); e >= 0) atomicAdd(&hist[e], 1);
   __syncthreads();
@@ -37,16 +37,8 @@ __global__ void __launch_bounds__(kThreads) moe_permute_count_kernel(PermuteArgs
 // One block: thread e scans expert e's column of chunk counts (coalesced across experts), then
 // thread 0 lays out the segments (at most a few hundred integer adds).
 __global__ void __launch_bounds__(1024) moe_permute_scan_kernel(PermuteArgs a, int64_t chunks) {
-  for (int64_t e = threadIdx.x; e < a.num_experts; e += blockDim.x) {
-    int32_t running = 0;
-    for (int64_t c = 0; c < chunks; ++c) {
-      int32_t* slot = a.chunk_prefix + c * a.num_experts + e;
-      const int32_t here = *slot;
-      *slot = running;
-      running += here;
-    }
-    a.count[e] = running;
-  }
+  for (int64_t e = threadIdx.x; e < a.num_experts; e += blockDim.x)
+    a.count[e] = chunk_column_scan(a.chunk_prefix, chunks, a.num_experts, e);
   __syncthreads();
   if (threadIdx.x == 0) segment_starts(a.count, a.num_experts, a.alignment, a.seg_start);
 }
@@ -57,8 +49,8 @@ __global__ void __launch_bounds__(32) moe_permute_rank_kernel(PermuteArgs a) {
   for (int64_t e = lane; e < a.num_experts; e += 32)
     cursor[e] = a.seg_start[e] + a.chunk_prefix[blockIdx.x * a.num_experts + e];
   __syncwarp();
-  const int64_t routed = a.tokens * a.top_k, begin = blockIdx.x * int64_t{kPermuteChunk};
-  const int64_t end = std::min(routed, begin + kPermuteChunk);
+  int64_t begin, end;
+  permute_chunk_range(blockIdx.x, a.tokens * a.top_k, &begin, &end);
   for (int64_t base = begin; base < end; base += 32) {
     const int64_t i = base + lane;
     const int e = i < end ? local_expert(a.ids[i], a.num_experts) : -1;
