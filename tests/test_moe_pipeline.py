@@ -119,3 +119,12 @@ def test_fp8_swiglu_mlp_matches_plain_pytorch(device):
     ours = ops.fp8_swiglu_mlp(x.to(device), w13.to(device), w13_scale.to(device), w2.to(device), w2_scale.to(device))
     exact = swiglu(x.double(), dequant(w13, w13_scale), dequant(w2, w2_scale))
     assert rel(ours.cpu(), exact) < 0.1
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_fp8_moe_experts_trace_under_torch_compile(device):
+    x, weights, ids, w = routed_inputs(24, seed=4)
+    args = (x.to(device), weights.to(device), ids.to(device), *(p.to(device) for p in w))
+    torch._dynamo.reset()
+    compiled = torch.compile(ops.fp8_moe_experts, fullgraph=True, backend="aot_eager")
+    assert torch.equal(compiled(*args), ops.fp8_moe_experts(*args))
