@@ -48,11 +48,85 @@ def _check_spec_sampling(device: str) -> bool:
     return all(torch.equal(a.cpu(), b) for a, b in zip(got, want))
 
 
+def _fp8_operands(m: int, n: int, k: int, experts: int):
+    a, a_scale = reference.quant_fp8_per_token_group(torch.randn(m, k) * 4, 128)
+    b = (torch.randn(experts, n, k) * 64).clamp(-448, 448).to(torch.float8_e4m3fn)
+    return a, a_scale, b, torch.rand(experts, n // 128, k // 128) * 0.01 + 0.001
+
+
+def _gemm_close(out: torch.Tensor, want: torch.Tensor) -> bool:
+    """Within 1% of the reference in norm (bf16 output rounding is 0.4%; a wrong scale or row is ~100%)."""
+    diff = (out.cpu().double() - want.double()).norm()
+    return not out.isnan().any().item() and bool(diff <= 1e-2 * want.double().norm())
+
+
+def _check_grouped_gemm_contiguous(device: str) -> bool:
+    m_indices = torch.tensor([1] * 70 + [-1] * 58 + [0] * 128, dtype=torch.int32)
+    a, a_scale, b, b_scale = _fp8_operands(256, 256, 384, 2)
+    args = (a, a_scale, b, b_scale, m_indices)
+    return _gemm_close(ops.fp8_grouped_gemm_contiguous(*(t.to(device) for t in args)), reference.fp8_grouped_gemm_contiguous(*args))
+
+
+def _check_grouped_gemm_masked(device: str) -> bool:
+    a, a_scale, b, b_scale = _fp8_operands(3 * 64, 128, 256, 3)
+    args = (a.view(3, 64, 256), a_scale.view(3, 64, 2), b, b_scale, torch.tensor([64, 0, 9], dtype=torch.int32))
+    out = ops.fp8_grouped_gemm_masked(*(t.to(device) for t in args), 16)
+    want = reference.fp8_grouped_gemm_masked(*args, 16)
+    return _gemm_close(out[0], want[0]) and _gemm_close(out[2, :9], want[2, :9])
+
+
+def _check_gemm(device: str) -> bool:
+    a, a_scale, b, b_scale = _fp8_operands(50, 256, 512, 1)
+    args = (a, a_scale, b[0], b_scale[0])
+    return _gemm_close(ops.fp8_gemm(*(t.to(device) for t in args)), reference.fp8_gemm(*args))
+
+
+def _check_route(device: str) -> bool:
+    logits, bias = torch.randn(40, 256), torch.randn(256) * 0.1
+    w, ids = ops.moe_route(logits.to(device), bias.to(device), 8, 8, 4, 2.5, True)
+    rw, rids = reference.moe_route(logits, bias, 8, 8, 4, 2.5, True)
+    return torch.equal(ids.cpu(), rids) and torch.allclose(w.cpu(), rw, rtol=2e-6, atol=0)
+
+
+def _check_permute(device: str) -> bool:
+    x, x_scale = reference.quant_fp8_per_token_group(torch.randn(30, 256), 128)
+    ids = torch.stack([torch.randperm(32)[:8] for _ in range(30)]).to(torch.int32)
+    out, out_scale, m_indices, row_map = ops.moe_permute(x.to(device), x_scale.to(device), ids.to(device), 32, 128)
+    want = reference.moe_permute(x, x_scale, ids, 32, 128)
+    real = want[2] >= 0
+    return (torch.equal(m_indices.cpu(), want[2]) and torch.equal(row_map.cpu(), want[3])
+            and torch.equal(out.cpu()[real].view(torch.uint8), want[0][real].view(torch.uint8))
+            and torch.equal(out_scale.cpu()[real], want[1][real]))
+
+
+def _check_unpermute(device: str) -> bool:
+    ids = torch.stack([torch.randperm(32)[:8] for _ in range(30)]).to(torch.int32)
+    row_map = reference.moe_permute(torch.zeros(30, 1), None, ids, 32, 128)[3]
+    y = torch.randn(reference.permuted_rows_bound(240, 32, 128), 512, dtype=torch.bfloat16)
+    w = torch.rand(30, 8)
+    return torch.equal(ops.moe_unpermute(y.to(device), w.to(device), row_map.to(device)).cpu(), reference.moe_unpermute(y, w, row_map))
+
+
+def _check_silu_quant(device: str) -> bool:
+    x = torch.randn(37, 2 * 1024, dtype=torch.bfloat16) * 3
+    q, s = ops.silu_and_mul_quant_fp8(x.to(device), 128, scale_ue8m0=True)
+    rq, rs = reference.silu_and_mul_quant_fp8(x, 128, scale_ue8m0=True)
+    # exp may differ in its last bit between libraries: codes at rounding midpoints may flip.
+    return torch.equal(s.cpu(), rs) and (q.view(torch.uint8).cpu() == rq.view(torch.uint8)).float().mean().item() > 0.999
+
+
 CHECKS: dict[str, Callable[[str], bool]] = {
     "quant_fp8_per_token_group": _check_quant,
     "dequant_fp8_block": _check_dequant,
     "spec_verify_greedy": _check_spec_greedy,
     "spec_verify_sampling": _check_spec_sampling,
+    "fp8_grouped_gemm_contiguous": _check_grouped_gemm_contiguous,
+    "fp8_grouped_gemm_masked": _check_grouped_gemm_masked,
+    "fp8_gemm": _check_gemm,
+    "moe_route": _check_route,
+    "moe_permute": _check_permute,
+    "moe_unpermute": _check_unpermute,
+    "silu_and_mul_quant_fp8": _check_silu_quant,
 }
 
 

@@ -20,6 +20,21 @@ EXPECTED_KERNELS = {
     "spec_greedy_accept_kernel": (),
     "spec_sampling_tile_totals_kernel": (),
     "spec_sampling_resample_kernel": (),
+    # MoE family: the FP8 block-scaled grouped GEMM (CUTLASS, one instantiation for the contiguous,
+    # masked and dense layouts) must run on FP8 wgmma; the rest are memory-bound helpers.
+    "KernelPtrArrayTmaWarpSpecializedCooperativeFP8Blockwise": ("QGMMA",),
+    "grouped_gemm_reset_kernel": (),
+    "grouped_gemm_scan_rows_kernel": (),
+    "grouped_gemm_problems_kernel": (),
+    "moe_route_kernel": (),
+    "moe_permute_count_kernel": (),
+    "moe_permute_scan_kernel": (),
+    "moe_permute_rank_kernel": (),
+    "moe_permute_copy_kernel": (),
+    "moe_permute_experts_kernel": (),
+    "moe_unpermute_kernel": (),
+    "silu_quant_vec_kernel": (),
+    "silu_quant_scalar_kernel": (),
 }
 
 pytestmark = [

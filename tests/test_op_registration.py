@@ -27,7 +27,7 @@ def op_samples(device):
         return {"tokens": torch.empty(3, 4, dtype=torch.int32, device=d),
                 "num_emitted": torch.empty(3, dtype=torch.int32, device=d)}
 
-    return [
+    samples = [
         (torch.ops.glm52.quant_fp8_per_token_group.default, (x.to(d), 128, False), {}),
         (torch.ops.glm52.quant_fp8_per_token_group.default, (x.bfloat16().to(d), 64, True), {}),
         (torch.ops.glm52.quant_fp8_per_token_group_out.default, (x.to(d), 128, False),
@@ -41,6 +41,57 @@ def op_samples(device):
         (torch.ops.glm52.spec_verify_sampling.default, (draft.to(d), None, probs.to(d), 1, 2), {}),
         (torch.ops.glm52.spec_verify_sampling_out.default, (draft.to(d), draft_probs.to(d), probs.to(d), 3, 4),
          verify_out()),
+    ]
+    return samples + moe_samples(device)
+
+
+def moe_samples(device):
+    """The MoE family: GEMMs on 128-multiples (every device), routing, permute/unpermute, SwiGLU.
+
+    Rows the contracts leave unspecified (masked rows past masked_m, permute's padding rows) would
+    differ between eager and traced runs, so these samples have none: masked_m is full and
+    moe_permute runs with alignment 1 and no dropped ids (its output is then exactly T * top_k rows).
+    """
+    g = torch.Generator().manual_seed(1)
+    d = device
+    a = (torch.randn(256, 256, generator=g) * 50).to(torch.float8_e4m3fn).to(d)
+    a_scale = (torch.rand(256, 2, generator=g) + 0.1).to(d)
+    b = (torch.randn(2, 128, 256, generator=g) * 50).to(torch.float8_e4m3fn).to(d)
+    b_scale = (torch.rand(2, 1, 2, generator=g) + 0.1).to(d)
+    m_indices = torch.tensor([0] * 100 + [-1] * 28 + [1] * 3 + [-1] * 125, dtype=torch.int32, device=d)
+    masked_m = torch.tensor([128, 128], dtype=torch.int32, device=d)
+    logits, bias = torch.randn(5, 64, generator=g).to(d), torch.randn(64, generator=g).to(d)
+    ids = torch.stack([torch.randperm(16, generator=g)[:4] for _ in range(6)]).to(torch.int32).to(d)
+    x8, x_scale = a[:6], a_scale[:6]
+    rows = ops.permuted_rows_bound(24, 16, 1)
+    y = torch.randn(rows, 64, generator=g).to(d)
+    weights = torch.rand(6, 4, generator=g).to(d)
+    row_map = reference.moe_permute(torch.zeros(6, 1), None, ids.cpu(), 16, 1)[3].to(d)
+    h = torch.randn(7, 512, generator=g).to(d)
+    empty = lambda *shape, dtype=torch.float32: torch.empty(*shape, dtype=dtype, device=d)  # noqa: E731
+    glm52 = torch.ops.glm52
+    return [
+        (glm52.fp8_grouped_gemm_contiguous.default, (a, a_scale, b, b_scale, m_indices), {}),
+        (glm52.fp8_grouped_gemm_contiguous_out.default, (a, a_scale, b, b_scale, m_indices),
+         {"out": empty(256, 128, dtype=torch.bfloat16)}),
+        (glm52.fp8_grouped_gemm_masked.default, (a.view(2, 128, 256), a_scale.view(2, 128, 2), b, b_scale, masked_m, 64), {}),
+        (glm52.fp8_grouped_gemm_masked_out.default, (a.view(2, 128, 256), a_scale.view(2, 128, 2), b, b_scale, masked_m, 64),
+         {"out": empty(2, 128, 128, dtype=torch.bfloat16)}),
+        (glm52.fp8_gemm.default, (a, a_scale, b[0], b_scale[0]), {}),
+        (glm52.fp8_gemm_out.default, (a, a_scale, b[0], b_scale[0]), {"out": empty(256, 128, dtype=torch.bfloat16)}),
+        (glm52.moe_route.default, (logits, bias, 4, 4, 2, 2.5, True), {}),
+        (glm52.moe_route_out.default, (logits, bias, 4, 1, 1, 2.5, False),
+         {"weights": empty(5, 4), "ids": empty(5, 4, dtype=torch.int32)}),
+        (glm52.moe_permute.default, (x8, x_scale, ids, 16, 1), {}),
+        (glm52.moe_permute.default, (h[:6, :64].contiguous().bfloat16(), None, ids, 16, 1), {}),
+        (glm52.moe_permute_out.default, (x8, x_scale, ids, 16, 1),
+         {"out": empty(rows, 256, dtype=torch.float8_e4m3fn), "out_scale": empty(rows, 2),
+          "m_indices": empty(rows, dtype=torch.int32), "row_map": empty(6, 4, dtype=torch.int32)}),
+        (glm52.moe_unpermute.default, (y.bfloat16(), weights, row_map), {}),
+        (glm52.moe_unpermute_out.default, (y, weights, row_map), {"out": empty(6, 64)}),
+        (glm52.silu_and_mul_quant_fp8.default, (h.bfloat16(), 128, False), {}),
+        (glm52.silu_and_mul_quant_fp8_out.default, (h, 128, True),
+         {"out": empty(7, 256, dtype=torch.float8_e4m3fn), "out_scale": empty(7, 2)}),
     ]
 
 

@@ -8,14 +8,38 @@ what was expected.
 """
 
 from .. import _C  # noqa: F401  (loads the extension: registers torch.ops.glm52.*)
+from .moe import (
+    fp8_gemm,
+    fp8_moe_experts,
+    fp8_swiglu_mlp,
+    fp8_grouped_gemm_contiguous,
+    fp8_grouped_gemm_masked,
+    grouped_gemm_m_alignment,
+    moe_permute,
+    moe_route,
+    moe_unpermute,
+    permuted_rows_bound,
+    silu_and_mul_quant_fp8,
+)
 from .quant import dequant_fp8_block, quant_fp8_per_token_group
 from .spec import PROB_SUM_TOLERANCE, sampling_probs, spec_verify_greedy, spec_verify_sampling
 
 __all__ = [
     "PROB_SUM_TOLERANCE",
     "dequant_fp8_block",
+    "fp8_gemm",
+    "fp8_grouped_gemm_contiguous",
+    "fp8_grouped_gemm_masked",
+    "fp8_moe_experts",
+    "fp8_swiglu_mlp",
+    "grouped_gemm_m_alignment",
+    "moe_permute",
+    "moe_route",
+    "moe_unpermute",
+    "permuted_rows_bound",
     "quant_fp8_per_token_group",
     "sampling_probs",
+    "silu_and_mul_quant_fp8",
     "spec_verify_greedy",
     "spec_verify_sampling",
 ]

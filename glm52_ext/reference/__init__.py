@@ -5,6 +5,17 @@ CUDA kernels against. They take the same arguments as the wrappers in :mod:`glm5
 return the same shapes and dtypes. They never import the compiled extension.
 """
 
+from .moe import (
+    fp8_gemm,
+    fp8_grouped_gemm_contiguous,
+    fp8_grouped_gemm_masked,
+    moe_permute,
+    moe_route,
+    moe_unpermute,
+    permuted_rows_bound,
+    silu_and_mul,
+    silu_and_mul_quant_fp8,
+)
 from .quant import (
     FP8_E4M3_MAX,
     QUANT_AMAX_EPS,
@@ -20,11 +31,20 @@ __all__ = [
     "QUANT_AMAX_EPS",
     "ceil_div",
     "dequant_fp8_block",
+    "fp8_gemm",
+    "fp8_grouped_gemm_contiguous",
+    "fp8_grouped_gemm_masked",
+    "moe_permute",
+    "moe_route",
+    "moe_unpermute",
+    "permuted_rows_bound",
     "philox4x32_10",
     "philox_uniform",
     "quant_fp8_per_token_group",
     "round_scale_to_ue8m0",
     "sample_inverse_cdf",
+    "silu_and_mul",
+    "silu_and_mul_quant_fp8",
     "spec_verify_greedy",
     "spec_verify_sampling",
 ]
