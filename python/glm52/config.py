@@ -14,6 +14,7 @@ from typing import Any
 
 MODEL_TYPE = "glm_moe_dsa"
 INDEXER_PRECISIONS = ("exact", "fp8")
+FP8_COMPUTE_MODES = ("dequant", "fp8")
 
 # config.json fields that carry no architecture information for us (bookkeeping, training,
 # generation defaults) or that are derived and checked for consistency in ``_check_derived``.
@@ -71,8 +72,11 @@ class GLM52Config:
     eos_token_id: int | tuple[int, ...] | None = 1
     pad_token_id: int | None = None
     quantization_config: dict | None = None
-    # Runtime choice, not a config.json field: "exact" (fp32 indexer scores) or "fp8" (DESIGN §2.1).
+    # Runtime choices, not config.json fields: "exact" (fp32 indexer scores) or "fp8" (DESIGN §2.1);
+    # how FP8 weights are used: "dequant" (dequantized to the activation dtype: exact) or "fp8"
+    # (activations quantized per token group, FP8 block-scaled GEMMs: the production path).
     indexer_precision: str = "exact"
+    fp8_compute: str = "dequant"
 
     def __post_init__(self) -> None:
         types = self.indexer_types
@@ -111,7 +115,7 @@ class GLM52Config:
             if name in d and d.pop(name) != want:
                 raise ValueError(f"config field {name!r} must be {want!r} for GLM-5.x (unsupported variant)")
         kwargs: dict[str, Any] = {"rope_theta": _rope_theta(d)}
-        names = {f.name for f in dataclasses.fields(cls)} - {"indexer_precision", "rope_theta"}
+        names = {f.name for f in dataclasses.fields(cls)} - {"indexer_precision", "fp8_compute", "rope_theta"}
         unknown = sorted(k for k in d if k not in names | _IGNORED_FIELDS | _DERIVED_FIELDS)
         if unknown:
             raise ValueError(f"unknown config field(s) {unknown}: not part of the glm_moe_dsa architecture")
@@ -157,7 +161,7 @@ class GLM52Config:
     def to_dict(self) -> dict[str, Any]:
         """The ``config.json`` transformers' ``GlmMoeDsaConfig`` reads (HF field names)."""
         d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
-        for k in ("indexer_precision", "rope_theta", "index_topk_pattern", "quantization_config"):
+        for k in ("indexer_precision", "fp8_compute", "rope_theta", "index_topk_pattern", "quantization_config"):
             d.pop(k)
         for k in ("index_topk_freq", "index_skip_topk_offset"):
             if d[k] is None:
@@ -249,6 +253,8 @@ def _validate(c: GLM52Config) -> None:
                          "of the nearest preceding full layer)")
     if c.indexer_precision not in INDEXER_PRECISIONS:
         raise ValueError(f"indexer_precision must be one of {INDEXER_PRECISIONS}; got {c.indexer_precision!r}")
+    if c.fp8_compute not in FP8_COMPUTE_MODES:
+        raise ValueError(f"fp8_compute must be one of {FP8_COMPUTE_MODES}; got {c.fp8_compute!r}")
     q = c.quantization_config
     if q is not None:
         block = list(q.get("weight_block_size", [128, 128]))

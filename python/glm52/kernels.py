@@ -1,9 +1,8 @@
 """The one place the model reaches into ``glm52_ext``: every op the layers call comes from here.
 
-``quant_fp8_per_token_group`` and ``dequant_fp8_block`` are the extension's ops (CPU and CUDA kernels). ``moe_route``,
-``topk_indices`` and ``sparse_mla_prefill`` follow the ``torch.ops.glm52`` contracts of DESIGN §3
-in plain PyTorch until those ops land in ``glm52_ext.ops``; then they become imports here and no
-layer changes.
+Most are the extension's ops (CPU and CUDA kernels). ``topk_indices`` and ``sparse_mla_prefill``
+follow the ``torch.ops.glm52`` contracts of DESIGN §3 in plain PyTorch until the attention ops
+land in ``glm52_ext.ops``; then they become imports here and no layer changes.
 """
 
 from __future__ import annotations
@@ -12,6 +11,10 @@ import torch
 
 from glm52_ext.ops import (
     dequant_fp8_block,
+    fp8_gemm,
+    fp8_moe_experts,
+    fp8_swiglu_mlp,
+    moe_route,
     quant_fp8_per_token_group,
     sampling_probs,
     spec_verify_greedy,
@@ -19,44 +22,9 @@ from glm52_ext.ops import (
 )
 
 __all__ = [
-    "dequant_fp8_block", "moe_route", "quant_fp8_per_token_group", "sampling_probs", "sparse_mla_prefill",
-    "spec_verify_greedy", "spec_verify_sampling", "topk_indices",
+    "dequant_fp8_block", "fp8_gemm", "fp8_moe_experts", "fp8_swiglu_mlp", "moe_route", "quant_fp8_per_token_group",
+    "sampling_probs", "sparse_mla_prefill", "spec_verify_greedy", "spec_verify_sampling", "topk_indices",
 ]
-
-
-def moe_route(
-    logits: torch.Tensor,
-    bias: torch.Tensor,
-    top_k: int,
-    n_group: int,
-    topk_group: int,
-    scaling: float,
-    renormalize: bool,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Sigmoid routing with group-limited top-k (DESIGN §2.1) -> (weights fp32 [T, k], ids int32 [T, k]).
-
-    ``bias`` (the correction bias) only steers selection; weights come from the unbiased scores.
-    Ties go to the lower expert (or group) id.
-    """
-    t, e = logits.shape
-    scores = logits.float().sigmoid()
-    choice = scores + bias.float()
-    if n_group > 1:
-        grouped = choice.view(t, n_group, e // n_group)
-        group_scores = grouped.topk(2, dim=-1).values.sum(dim=-1)
-        keep = _top(group_scores, topk_group)
-        group_mask = torch.zeros_like(group_scores, dtype=torch.bool).scatter_(1, keep, True)
-        choice = choice.masked_fill(~group_mask.repeat_interleave(e // n_group, dim=1), float("-inf"))
-    ids = _top(choice, top_k)
-    weights = scores.gather(1, ids)
-    if renormalize:
-        weights = weights / (weights.sum(dim=-1, keepdim=True) + 1e-20)
-    return weights * scaling, ids.to(torch.int32)
-
-
-def _top(x: torch.Tensor, k: int) -> torch.Tensor:
-    """Indices of the ``k`` largest entries per row, ties to the lower index (a stable sort)."""
-    return torch.sort(x, dim=-1, descending=True, stable=True).indices[:, :k]
 
 
 def topk_indices(logits: torch.Tensor, k: int) -> torch.Tensor:

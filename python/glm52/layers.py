@@ -46,12 +46,20 @@ class LayerNorm(nn.Module):
         return out.to(x.dtype)
 
 
+FP8_BLOCK = 128
+
+
 class Linear(nn.Module):
     """``y = x Wᵀ`` with ``W [out, in]``, or a stack ``W [E, out, in]`` of expert weights.
 
     The weight is high precision, or ``float8_e4m3fn`` with ``weight_scale_inv`` (fp32, one scale per
-    128x128 block, edge blocks partial) when it was loaded that way from an FP8 checkpoint.
+    128x128 block, edge blocks partial) when it was loaded that way from an FP8 checkpoint. FP8
+    weights are dequantized to the activation dtype, unless ``fp8_compute`` (set by the model from
+    ``config.fp8_compute``) and both sizes are multiples of 128: then the activation is quantized
+    per token group and the FP8 block-scaled GEMM runs.
     """
+
+    fp8_compute = False
 
     def __init__(self, in_features: int, out_features: int, num_experts: int | None = None) -> None:
         super().__init__()
@@ -67,8 +75,38 @@ class Linear(nn.Module):
         s = self.weight_scale_inv if expert is None else self.weight_scale_inv[expert]
         return kernels.dequant_fp8_block(w, s, out_dtype=dtype)
 
+    @property
+    def fp8_ready(self) -> bool:
+        """FP8 weights on the 128-block grid: the FP8 GEMM kernels can take them as they are."""
+        return (self.fp8_compute and self.weight_scale_inv is not None
+                and self.in_features % FP8_BLOCK == 0 and self.out_features % FP8_BLOCK == 0)
+
     def forward(self, x: torch.Tensor, expert: int | None = None) -> torch.Tensor:
+        if expert is None and self.weight.dim() == 2 and self.fp8_ready:
+            q, scale = kernels.quant_fp8_per_token_group(x.reshape(-1, self.in_features), FP8_BLOCK)
+            y = kernels.fp8_gemm(q, scale, self.weight, self.weight_scale_inv)
+            return y.to(x.dtype).view(*x.shape[:-1], self.out_features)
         return F.linear(x, self.dense_weight(x.dtype, expert))
+
+
+def fused_gate_up(owner: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
+    """``owner.gate_proj`` and ``owner.up_proj`` (FP8, ready) as one ``[..., 2I, H]`` weight with its
+    block scales, gate rows first: what the fused gate+up GEMMs take. Built once; the two weights
+    then become views into it, so no second copy stays in memory."""
+    gate, up = owner.gate_proj, owner.up_proj
+    fused = getattr(owner, "_gate_up", None)
+    if fused is not None and fused[0].data_ptr() == gate.weight.data_ptr() and \
+            fused[0][..., gate.out_features:, :].data_ptr() == up.weight.data_ptr():
+        return fused
+    i = gate.out_features
+    w13 = torch.cat((gate.weight, up.weight), dim=-2)
+    s13 = torch.cat((gate.weight_scale_inv, up.weight_scale_inv), dim=-2)
+    for linear, rows, scale_rows in ((gate, slice(0, i), slice(0, i // FP8_BLOCK)),
+                                     (up, slice(i, 2 * i), slice(i // FP8_BLOCK, 2 * i // FP8_BLOCK))):
+        linear.weight = nn.Parameter(w13[..., rows, :], requires_grad=False)
+        linear.weight_scale_inv = nn.Parameter(s13[..., scale_rows, :], requires_grad=False)
+    owner._gate_up = (w13, s13)
+    return owner._gate_up
 
 
 def rope_cos_sin(positions: torch.Tensor, dim: int, theta: float) -> tuple[torch.Tensor, torch.Tensor]:
@@ -100,6 +138,11 @@ class MLP(nn.Module):
         self.down_proj = Linear(intermediate_size, hidden_size)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.gate_proj.fp8_ready and self.up_proj.fp8_ready and self.down_proj.fp8_ready:
+            w13, s13 = fused_gate_up(self)
+            flat = x.reshape(-1, x.shape[-1])
+            y = kernels.fp8_swiglu_mlp(flat, w13, s13, self.down_proj.weight, self.down_proj.weight_scale_inv)
+            return y.to(x.dtype).view_as(x)
         return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
 
 
@@ -134,6 +177,10 @@ class Experts(nn.Module):
 
     def forward(self, x: torch.Tensor, weights: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
         """``x [T, hidden]``, routing ``weights``/``ids [T, k]`` -> this shard's share of the routed sum."""
+        if self.gate_proj.fp8_ready and self.up_proj.fp8_ready and self.down_proj.fp8_ready:
+            w13, s13 = fused_gate_up(self)
+            return kernels.fp8_moe_experts(x, weights, ids, w13, s13, self.down_proj.weight,
+                                           self.down_proj.weight_scale_inv, self.first_expert)
         out = torch.zeros_like(x)
         local = ids.long() - self.first_expert
         for e in torch.unique(local[(local >= 0) & (local < self.num_experts)]).tolist():

@@ -104,6 +104,10 @@ class GLM52ForCausalLM(nn.Module):
         self.config = config
         self.model = GLM52Model(config)
         self.lm_head = Linear(config.hidden_size, config.vocab_size)
+        if config.fp8_compute == "fp8":
+            for module in self.modules():
+                if isinstance(module, Linear):
+                    module.fp8_compute = True
 
     @classmethod
     def from_pretrained(
@@ -112,6 +116,7 @@ class GLM52ForCausalLM(nn.Module):
         dtype: torch.dtype | None = None,
         device: str | torch.device | None = None,
         indexer_precision: str = "exact",
+        fp8_compute: str = "dequant",
     ) -> GLM52ForCausalLM:
         """Load a Hugging Face checkpoint directory (sharded or single-file, BF16 or FP8).
 
@@ -120,7 +125,7 @@ class GLM52ForCausalLM(nn.Module):
         """
         from .loader import load_checkpoint
 
-        config = GLM52Config.from_pretrained(path, indexer_precision=indexer_precision)
+        config = GLM52Config.from_pretrained(path, indexer_precision=indexer_precision, fp8_compute=fp8_compute)
         with torch.device("meta"):
             model = cls(config)
         load_checkpoint(model, path, dtype=dtype, device=device)
