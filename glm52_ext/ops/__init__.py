@@ -8,6 +8,25 @@ what was expected.
 """
 
 from .. import _C  # noqa: F401  (loads the extension: registers torch.ops.glm52.*)
+from .attention import (
+    indexer_cache_write,
+    indexer_logits,
+    indexer_logits_paged,
+    mla_cache_write,
+    sparse_mla_decode,
+    sparse_mla_prefill,
+    topk_indices,
+)
 from .quant import dequant_fp8_block, quant_fp8_per_token_group
 
-__all__ = ["dequant_fp8_block", "quant_fp8_per_token_group"]
+__all__ = [
+    "dequant_fp8_block",
+    "indexer_cache_write",
+    "indexer_logits",
+    "indexer_logits_paged",
+    "mla_cache_write",
+    "quant_fp8_per_token_group",
+    "sparse_mla_decode",
+    "sparse_mla_prefill",
+    "topk_indices",
+]

@@ -5,6 +5,18 @@ CUDA kernels against. They take the same arguments as the wrappers in :mod:`glm5
 return the same shapes and dtypes. They never import the compiled extension.
 """
 
+from .attention import (
+    indexer_cache_read,
+    indexer_cache_write,
+    indexer_logits,
+    indexer_logits_paged,
+    mla_cache_read,
+    mla_cache_write,
+    positions_to_slots,
+    sparse_mla_decode,
+    sparse_mla_prefill,
+    topk_indices,
+)
 from .quant import (
     FP8_E4M3_MAX,
     QUANT_AMAX_EPS,
@@ -19,6 +31,16 @@ __all__ = [
     "QUANT_AMAX_EPS",
     "ceil_div",
     "dequant_fp8_block",
+    "indexer_cache_read",
+    "indexer_cache_write",
+    "indexer_logits",
+    "indexer_logits_paged",
+    "mla_cache_read",
+    "mla_cache_write",
+    "positions_to_slots",
     "quant_fp8_per_token_group",
     "round_scale_to_ue8m0",
+    "sparse_mla_decode",
+    "sparse_mla_prefill",
+    "topk_indices",
 ]
