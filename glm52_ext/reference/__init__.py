@@ -6,6 +6,10 @@ return the same shapes and dtypes. They never import the compiled extension.
 """
 
 from .attention import (
+    BLOCK_TOKENS,
+    INDEX_BLOCK_BYTES,
+    MLA_BF16_TOKEN_BYTES,
+    MLA_FP8_TOKEN_BYTES,
     indexer_cache_read,
     indexer_cache_write,
     indexer_logits,
@@ -27,6 +31,10 @@ from .quant import (
 )
 
 __all__ = [
+    "BLOCK_TOKENS",
+    "INDEX_BLOCK_BYTES",
+    "MLA_BF16_TOKEN_BYTES",
+    "MLA_FP8_TOKEN_BYTES",
     "FP8_E4M3_MAX",
     "QUANT_AMAX_EPS",
     "ceil_div",

@@ -44,7 +44,10 @@ def _valid_slots(slots: torch.Tensor, capacity: int) -> torch.Tensor:
 
 
 def _bytes(t: torch.Tensor) -> torch.Tensor:
-    return t.contiguous().view(torch.uint8).reshape(t.shape[0], -1)
+    width = math.prod(t.shape[1:]) * t.element_size()
+    if t.numel() == 0:
+        return torch.empty(t.shape[0], width, dtype=torch.uint8)
+    return t.contiguous().view(torch.uint8).reshape(t.shape[0], width)
 
 
 def mla_cache_write(kv: torch.Tensor, slots: torch.Tensor, cache: torch.Tensor) -> torch.Tensor:
@@ -142,9 +145,11 @@ def topk_indices(logits: torch.Tensor, k: int, lengths: torch.Tensor | None = No
     for i in range(r):
         n = cols if lengths is None else max(0, min(int(lengths[i]), cols))
         row = logits[i, :n]
-        finite = torch.isfinite(row).nonzero().flatten()
-        order = sorted(finite.tolist(), key=lambda c: (-row[c].item(), c))[:k]
-        out[i, : len(order)] = torch.tensor(sorted(order), dtype=torch.int32)
+        finite = torch.isfinite(row)
+        # A stable descending sort keeps equal values in column order: ties go to the lower column.
+        order = torch.sort(row.masked_fill(~finite, -math.inf), descending=True, stable=True).indices
+        chosen = order[: min(k, int(finite.sum()))]
+        out[i, : chosen.numel()] = chosen.sort().values.to(torch.int32)
     return out
 
 
