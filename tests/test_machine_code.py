@@ -16,6 +16,12 @@ EXPECTED_KERNELS = {
     "quant_fp8_group_vec_kernel": (),
     "quant_fp8_group_scalar_kernel": (),
     "dequant_fp8_block_kernel": (),
+    # attention: SIMT baselines (no tensor cores yet: fp32 FMA; see csrc/attention/cuda/*.cu)
+    "mla_cache_write_kernel": (),
+    "indexer_cache_write_kernel": (),
+    "indexer_logits_simt_kernel": (),
+    "topk_radix_select_kernel": (),
+    "sparse_mla_simt_kernel": (),
 }
 
 pytestmark = [

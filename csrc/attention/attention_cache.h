@@ -93,7 +93,11 @@ GLM52_HD float load_f32(const uint8_t* p) {
 }
 
 GLM52_HD uint16_t load_u16(const uint8_t* p) {
+#if defined(__CUDA_ARCH__)
+  return *reinterpret_cast<const uint16_t*>(p);  // bf16 fields sit at even offsets
+#else
   return static_cast<uint16_t>(p[0] | (static_cast<uint16_t>(p[1]) << 8));  // little-endian
+#endif
 }
 
 // Latent element i (0 <= i < 576) of one MLA cache token row, as fp32.

@@ -25,6 +25,12 @@ inline void check_tensor(const at::Tensor& t, const char* op, const char* arg, a
   check_same_device(t, ref, op, arg, ref_arg);
 }
 
+// Kernels read key rows with 16-byte vector loads (cp.async), so their base must be aligned.
+inline void check_aligned16(const at::Tensor& t, const char* op, const char* arg) {
+  GLM52_CHECK_ARG(reinterpret_cast<uintptr_t>(t.const_data_ptr()) % 16 == 0, op, arg,
+                  "must start at a 16-byte aligned address (a view with an odd storage offset?)");
+}
+
 // MLA cache uint8 [num_blocks, 64, 1152 (BF16) or 656 (FP8)], contiguous. Returns true for FP8.
 inline bool check_mla_cache(const at::Tensor& cache, const char* op, const char* arg) {
   check_dim(cache, op, arg, 3, "[num_blocks, 64, 1152 or 656]");
@@ -34,6 +40,7 @@ inline bool check_mla_cache(const at::Tensor& cache, const char* op, const char*
                   op, arg, "must have shape [num_blocks, 64, 1152 (BF16 format) or 656 (FP8 format)], got ",
                   shape_str(cache.sizes()));
   check_contiguous(cache, op, arg);
+  check_aligned16(cache, op, arg);
   return cache.size(2) == kMlaFp8TokenBytes;
 }
 
@@ -66,6 +73,7 @@ inline void check_indexer_cache(const at::Tensor& cache, const char* op) {
                   "must have shape [num_blocks, 8448] (64 tokens x (128 e4m3 + fp32 scale)), got ",
                   shape_str(cache.sizes()));
   check_contiguous(cache, op, "cache");
+  check_aligned16(cache, op, "cache");
 }
 
 inline void check_indexer_cache_write(const at::Tensor& k, const at::Tensor& slots, const at::Tensor& cache) {
@@ -100,6 +108,7 @@ inline void check_indexer_logits(const at::Tensor& q8, const at::Tensor& weights
   const int64_t s = q8.size(0);
   check_dim(k8, op, "k8", 2, "[L, 128]");
   check_tensor(k8, op, "k8", at::kFloat8_e4m3fn, {k8.size(0), kIndexDim}, "[L, 128]", q8, "q8");
+  check_aligned16(k8, op, "k8");
   check_tensor(k_scale, op, "k_scale", at::kFloat, {k8.size(0)}, "[L]", q8, "q8");
   check_tensor(ks, op, "ks", at::kInt, {s}, "[S]", q8, "q8");
   check_tensor(ke, op, "ke", at::kInt, {s}, "[S]", q8, "q8");
@@ -160,6 +169,7 @@ inline void check_sparse_outputs(const at::Tensor& q, const at::Tensor& out, con
   std::vector<int64_t> shape(q.sizes().begin(), q.sizes().end());
   shape.back() = kValueDim;
   check_tensor(out, op, "out", at::kBFloat16, shape, o_layout, q, "q");
+  check_aligned16(out, op, "out");
   shape.pop_back();
   check_tensor(lse, op, "lse", at::kFloat, shape, l_layout, q, "q");
 }
@@ -169,6 +179,7 @@ inline void check_sparse_prefill(const at::Tensor& q, const at::Tensor& kv, cons
   check_sparse_query(q, indices, op, 1, "[S, H, 576]", "[S, k]");
   check_dim(kv, op, "kv", 2, "[L, 576]");
   check_tensor(kv, op, "kv", at::kBFloat16, {kv.size(0), kLatentDim}, "[L, 576]", q, "q");
+  check_aligned16(kv, op, "kv");
 }
 
 inline bool check_sparse_decode(const at::Tensor& q, const at::Tensor& cache, const at::Tensor& indices) {
