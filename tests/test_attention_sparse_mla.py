@@ -155,3 +155,27 @@ def test_sparse_mla_rejects_bad_input(device):
             call()
     with pytest.raises(ValueError, match="pass both 'out' and 'lse'"):
         ops.sparse_mla_prefill(q, kv, idx, 0.1, out=torch.empty(2, 8, 512, device=device).bfloat16())
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("kernel", ["hgmma", "simt"])
+@pytest.mark.parametrize("heads", [1, 16, 64, 100, 128])
+def test_both_cuda_kernels_match_reference(monkeypatch, kernel, heads):
+    """The HGMMA kernel (default) and the SIMT kernel (GLM52_SPARSE_MLA_KERNEL=simt) against the
+    reference: prefill, and decode over BF16 and FP8 caches, k = 2048 with −1 padding."""
+    monkeypatch.setenv("GLM52_SPARSE_MLA_KERNEL", kernel)
+    g = gen(heads)
+    q = random_latent(3 * heads, g, scale=0.5).view(3, heads, 576)
+    kv = random_latent(3000, g)
+    idx = random_indices(3, 2048, 3000, g)
+    idx[1, 1000:] = -1
+    idx[2] = -1
+    want = reference.sparse_mla_prefill(q, kv, idx, SM_SCALE)
+    assert_attention_close(*ops.sparse_mla_prefill(q.cuda(), kv.cuda(), idx.cuda(), SM_SCALE), *want)
+    for token_bytes in (1152, 656):
+        cache = torch.zeros(47, 64, token_bytes, dtype=torch.uint8)
+        ops.mla_cache_write(kv, torch.randperm(47 * 64, generator=g)[:3000], cache)
+        slots = random_indices(3, 2048, 47 * 64, g).view(1, 3, 2048)
+        want = reference.sparse_mla_decode(q.view(1, 3, heads, 576), cache, slots, SM_SCALE)
+        got = ops.sparse_mla_decode(q.view(1, 3, heads, 576).cuda(), cache.cuda(), slots.cuda(), SM_SCALE)
+        assert_attention_close(*got, *want)

@@ -16,7 +16,8 @@ EXPECTED_KERNELS = {
     "quant_fp8_group_vec_kernel": (),
     "quant_fp8_group_scalar_kernel": (),
     "dequant_fp8_block_kernel": (),
-    # attention: SIMT baselines (no tensor cores yet: fp32 FMA; see csrc/attention/cuda/*.cu)
+    # attention: sparse MLA on tensor cores; the SIMT kernels are fp32 FMA (see csrc/attention/cuda)
+    "sparse_mla_hgmma_kernel": ("HGMMA",),
     "mla_cache_write_kernel": (),
     "indexer_cache_write_kernel": (),
     "indexer_logits_simt_kernel": (),

@@ -158,6 +158,7 @@ inline void check_sparse_query(const at::Tensor& q, const at::Tensor& indices, c
   GLM52_CHECK_ARG(q.size(-2) >= 1 && q.size(-2) <= kMaxHeads, op, "q", "must have 1 to 128 heads, got shape ",
                   shape_str(q.sizes()));
   check_contiguous(q, op, "q");
+  check_aligned16(q, op, "q");
   check_dim(indices, op, "indices", lead + 1, i_layout);
   std::vector<int64_t> want(q.sizes().begin(), q.sizes().begin() + lead);
   want.push_back(indices.size(-1));

@@ -7,6 +7,9 @@
 #include <c10/cuda/CUDAStream.h>
 #include <torch/library.h>
 
+#include <cstdlib>
+#include <cstring>
+
 namespace glm52::attention {
 namespace {
 
@@ -99,7 +102,11 @@ void sparse_mla_out_cuda(const at::Tensor& q, const uint8_t* tokens, int64_t num
   SparseMlaArgs args{ptr<uint16_t>(q), rows, heads, tokens, num_tokens, fp8, indices.const_data_ptr<int32_t>(),
                      indices.size(-1), static_cast<float>(sm_scale), static_cast<uint16_t*>(out.mutable_data_ptr()),
                      lse.mutable_data_ptr<float>()};
-  C10_CUDA_CHECK(launch_sparse_mla(args, stream_of(q)));
+  // Tensor cores by default; GLM52_SPARSE_MLA_KERNEL=simt selects the fp32 SIMT kernel (same
+  // contract), the cross-check for the first GPU runs of the HGMMA kernel (see tests).
+  const char* choice = std::getenv("GLM52_SPARSE_MLA_KERNEL");
+  const bool simt = choice != nullptr && std::strcmp(choice, "simt") == 0;
+  C10_CUDA_CHECK(simt ? launch_sparse_mla(args, stream_of(q)) : launch_sparse_mla_hgmma(args, stream_of(q)));
 }
 
 void sparse_mla_prefill_out_cuda(const at::Tensor& q, const at::Tensor& kv, const at::Tensor& indices,

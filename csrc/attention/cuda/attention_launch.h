@@ -78,6 +78,8 @@ cudaError_t launch_mla_cache_write(const MlaCacheWriteArgs& args, cudaStream_t s
 cudaError_t launch_indexer_cache_write(const IndexerCacheWriteArgs& args, cudaStream_t stream);
 cudaError_t launch_indexer_logits(const IndexerLogitsArgs& args, cudaStream_t stream);
 cudaError_t launch_topk_indices(const TopkArgs& args, cudaStream_t stream);
+// SIMT kernel (sparse_mla_kernels.cu) and tensor-core kernel (sparse_mla_hgmma_kernels.cu).
 cudaError_t launch_sparse_mla(const SparseMlaArgs& args, cudaStream_t stream);
+cudaError_t launch_sparse_mla_hgmma(const SparseMlaArgs& args, cudaStream_t stream);
 
 }  // namespace glm52::attention

@@ -1,6 +1,8 @@
-// CUDA kernel of sparse MLA (prefill and decode: both are attention over an array of token rows in
-// the MLA cache layout, BF16 or FP8). SIMT with fp32 FMA: NOT a tensor-core kernel. It is the
-// correct baseline the HGMMA version must match.
+// SIMT CUDA kernel of sparse MLA (prefill and decode: both are attention over an array of token rows
+// in the MLA cache layout, BF16 or FP8), fp32 FMA throughout: NOT the production path. The default
+// is the tensor-core kernel (sparse_mla_hgmma_kernels.cu); this one is the simple cross-check
+// selected with GLM52_SPARSE_MLA_KERNEL=simt (it also reads FP8 keys exactly, without the BF16
+// rounding the HGMMA kernel applies when it stages them).
 //
 // A CTA takes one query row and a group of up to kHeadGroup heads (so any H in 1..128 runs without
 // padding the API; a partial last group only idles lanes). The row's selected key rows are
