@@ -16,8 +16,9 @@ EXPECTED_KERNELS = {
     "quant_fp8_group_vec_kernel": (),
     "quant_fp8_group_scalar_kernel": (),
     "dequant_fp8_block_kernel": (),
-    # attention: sparse MLA on tensor cores; the SIMT kernels are fp32 FMA (see csrc/attention/cuda)
+    # attention: sparse MLA and indexer logits on tensor cores; the SIMT kernels are fp32 FMA cross-checks
     "sparse_mla_hgmma_kernel": ("HGMMA",),
+    "indexer_logits_qgmma_kernel": ("QGMMA",),
     "mla_cache_write_kernel": (),
     "indexer_cache_write_kernel": (),
     "indexer_logits_simt_kernel": (),

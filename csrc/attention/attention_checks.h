@@ -97,6 +97,7 @@ inline int64_t check_indexer_query(const at::Tensor& q8, const at::Tensor& weigh
   GLM52_CHECK_ARG(q8.size(-2) >= 1 && q8.size(-2) <= kMaxHeads, op, "q8", "must have 1 to 128 heads, got shape ",
                   shape_str(q8.sizes()));
   check_contiguous(q8, op, "q8");
+  check_aligned16(q8, op, "q8");
   check_tensor(weights, op, "weights", at::kFloat, q8.sizes().slice(0, lead + 1), w_layout, q8, "q8");
   return q8.size(-2);
 }

@@ -18,6 +18,13 @@ cudaStream_t stream_of(const at::Tensor& t) { return c10::cuda::getCurrentCUDASt
 template <typename T>
 const T* ptr(const at::Tensor& t) { return static_cast<const T*>(t.const_data_ptr()); }
 
+// GLM52_<NAME>_KERNEL=simt selects the fp32 SIMT kernel (same contract) instead of the tensor-core
+// one: the cross-check for the first GPU runs of the HGMMA/QGMMA kernels (see the cuda tests).
+bool simt_requested(const char* variable) {
+  const char* choice = std::getenv(variable);
+  return choice != nullptr && std::strcmp(choice, "simt") == 0;
+}
+
 DType launch_dtype(at::ScalarType t) {
   switch (t) {
     case at::kFloat: return DType::kFloat32;
@@ -60,7 +67,8 @@ void indexer_logits_out_cuda(const at::Tensor& q8, const at::Tensor& weights, co
   args.k_scale = k_scale.const_data_ptr<float>();
   args.ks = ks.const_data_ptr<int32_t>();
   args.ke = ke.const_data_ptr<int32_t>();
-  C10_CUDA_CHECK(launch_indexer_logits(args, stream_of(q8)));
+  args.queries_per_seq = args.rows;
+  C10_CUDA_CHECK(launch_indexer_logits(args, !simt_requested("GLM52_INDEXER_KERNEL"), stream_of(q8)));
 }
 
 void indexer_logits_paged_out_cuda(const at::Tensor& q8, const at::Tensor& weights, const at::Tensor& cache,
@@ -82,7 +90,7 @@ void indexer_logits_paged_out_cuda(const at::Tensor& q8, const at::Tensor& weigh
   args.table_len = block_table.size(1);
   args.lengths = lengths.const_data_ptr<int32_t>();
   args.queries_per_seq = q8.size(1);
-  C10_CUDA_CHECK(launch_indexer_logits(args, stream_of(q8)));
+  C10_CUDA_CHECK(launch_indexer_logits(args, !simt_requested("GLM52_INDEXER_KERNEL"), stream_of(q8)));
 }
 
 void topk_indices_out_cuda(const at::Tensor& logits, int64_t k, const std::optional<at::Tensor>& lengths,
@@ -102,11 +110,9 @@ void sparse_mla_out_cuda(const at::Tensor& q, const uint8_t* tokens, int64_t num
   SparseMlaArgs args{ptr<uint16_t>(q), rows, heads, tokens, num_tokens, fp8, indices.const_data_ptr<int32_t>(),
                      indices.size(-1), static_cast<float>(sm_scale), static_cast<uint16_t*>(out.mutable_data_ptr()),
                      lse.mutable_data_ptr<float>()};
-  // Tensor cores by default; GLM52_SPARSE_MLA_KERNEL=simt selects the fp32 SIMT kernel (same
-  // contract), the cross-check for the first GPU runs of the HGMMA kernel (see tests).
-  const char* choice = std::getenv("GLM52_SPARSE_MLA_KERNEL");
-  const bool simt = choice != nullptr && std::strcmp(choice, "simt") == 0;
-  C10_CUDA_CHECK(simt ? launch_sparse_mla(args, stream_of(q)) : launch_sparse_mla_hgmma(args, stream_of(q)));
+  const cudaStream_t stream = stream_of(q);
+  C10_CUDA_CHECK(simt_requested("GLM52_SPARSE_MLA_KERNEL") ? launch_sparse_mla(args, stream)
+                                                            : launch_sparse_mla_hgmma(args, stream));
 }
 
 void sparse_mla_prefill_out_cuda(const at::Tensor& q, const at::Tensor& kv, const at::Tensor& indices,

@@ -49,7 +49,7 @@ struct IndexerLogitsArgs {
   const int32_t* block_table;  // paged: [rows / queries_per_seq, table_len]
   int64_t table_len;
   const int32_t* lengths;    // paged: [rows]
-  int64_t queries_per_seq;   // paged: n
+  int64_t queries_per_seq;   // rows per sequence: n (paged) or rows (flat: one sequence)
 };
 
 struct TopkArgs {
@@ -76,7 +76,10 @@ struct SparseMlaArgs {
 
 cudaError_t launch_mla_cache_write(const MlaCacheWriteArgs& args, cudaStream_t stream);
 cudaError_t launch_indexer_cache_write(const IndexerCacheWriteArgs& args, cudaStream_t stream);
-cudaError_t launch_indexer_logits(const IndexerLogitsArgs& args, cudaStream_t stream);
+// QGMMA kernel for 32 or 64 heads when tensor_cores (indexer_qgmma_kernels.cu), else SIMT.
+cudaError_t launch_indexer_logits(const IndexerLogitsArgs& args, bool tensor_cores, cudaStream_t stream);
+bool indexer_logits_qgmma_supports(int64_t heads);
+cudaError_t launch_indexer_logits_qgmma(const IndexerLogitsArgs& args, cudaStream_t stream);
 cudaError_t launch_topk_indices(const TopkArgs& args, cudaStream_t stream);
 // SIMT kernel (sparse_mla_kernels.cu) and tensor-core kernel (sparse_mla_hgmma_kernels.cu).
 cudaError_t launch_sparse_mla(const SparseMlaArgs& args, cudaStream_t stream);

@@ -1,13 +1,13 @@
-// CUDA kernel of the indexer logits (ragged prefill and paged decode): SIMT, fp32 FMA, one thread
-// per key. NOT a tensor-core kernel: a correct baseline for the FP8 GEMM (QGMMA) version.
+// SIMT CUDA kernel of the indexer logits (ragged prefill and paged decode), fp32 FMA, one thread per
+// key: NOT a tensor-core kernel. It serves the head counts the QGMMA kernel
+// (indexer_qgmma_kernels.cu, 32 or 64 heads) does not, and GLM52_INDEXER_KERNEL=simt.
 //
 // A CTA takes one query row and kKeysPerCta keys; the row's q [H, 128] is decoded once into shared
 // memory (fp32) and broadcast to all threads. Each thread walks the heads in groups of kHeadGroup,
 // decoding its key 16 dims at a time (the decode is amortized over the group), so registers stay
 // bounded for any H up to 128. Key addressing (flat or paged) and the row ranges are
 // attention_cache.h / attention_indexer.h's, shared with the CPU twin.
-#include "attention/attention_indexer.h"
-#include "attention/cuda/attention_launch.h"
+#include "attention/cuda/indexer_keys.cuh"
 
 #include <algorithm>
 
@@ -18,28 +18,6 @@ constexpr int kKeysPerCta = 128;
 constexpr int kHeadGroup = 16;
 constexpr int kChunk = 16;  // key dims decoded at a time (one 16-byte load)
 constexpr unsigned kMaxGridY = 65535;
-
-struct FlatKeys {
-  const IndexerLogitsArgs& a;
-  __device__ KeyRange range(int64_t row) const { return clamp_range(a.ks[row], a.ke[row], a.out_cols); }
-  // Codes of key t and its scale, or nullptr when t maps to no key.
-  __device__ const uint8_t* key(int64_t, int64_t t, float* scale) const {
-    *scale = a.k_scale[t];
-    return a.k8 + t * kIndexDim;
-  }
-};
-
-struct PagedKeys {
-  const IndexerLogitsArgs& a;
-  __device__ KeyRange range(int64_t row) const { return clamp_range(0, a.lengths[row], a.out_cols); }
-  __device__ const uint8_t* key(int64_t row, int64_t t, float* scale) const {
-    const int32_t* table = a.block_table + (row / a.queries_per_seq) * a.table_len;
-    const SlotRef s = resolve_slot(position_to_slot(table, a.table_len, t, a.num_blocks), a.num_blocks);
-    if (!s.valid) return nullptr;
-    *scale = load_f32(a.cache + index_scale_offset(s));
-    return a.cache + index_code_offset(s);
-  }
-};
 
 template <typename Keys>
 __global__ void __launch_bounds__(kKeysPerCta) indexer_logits_simt_kernel(IndexerLogitsArgs a) {
@@ -55,7 +33,7 @@ __global__ void __launch_bounds__(kKeysPerCta) indexer_logits_simt_kernel(Indexe
     const int64_t t = t0 + threadIdx.x;
     if (t >= a.out_cols) break;
     float scale = 0.0f;
-    const uint8_t* codes = t >= range.begin && t < range.end ? keys.key(row, t, &scale) : nullptr;
+    const uint8_t* codes = t >= range.begin && t < range.end ? keys.key(row / a.queries_per_seq, t, &scale) : nullptr;
     if (codes == nullptr) {
       a.out[row * a.out_cols + t] = -INFINITY;
       continue;
@@ -99,9 +77,10 @@ cudaError_t launch_typed(const IndexerLogitsArgs& a, cudaStream_t stream) {
 
 }  // namespace
 
-cudaError_t launch_indexer_logits(const IndexerLogitsArgs& a, cudaStream_t stream) {
+cudaError_t launch_indexer_logits(const IndexerLogitsArgs& a, bool tensor_cores, cudaStream_t stream) {
   if (a.rows == 0 || a.out_cols == 0) return cudaSuccess;
-  return a.paged ? launch_typed<PagedKeys>(a, stream) : launch_typed<FlatKeys>(a, stream);
+  if (tensor_cores && indexer_logits_qgmma_supports(a.heads)) return launch_indexer_logits_qgmma(a, stream);
+  return a.paged ? launch_typed<IndexerPagedKeys>(a, stream) : launch_typed<IndexerFlatKeys>(a, stream);
 }
 
 }  // namespace glm52::attention
