@@ -156,7 +156,7 @@ def test_indexer_logits_reject_bad_input(device):
 def test_both_cuda_kernels_match_reference(monkeypatch, kernel, heads):
     """The QGMMA kernel (default for 32/64 heads) and the SIMT one (GLM52_INDEXER_KERNEL=simt):
     causal ragged prefill over 3000 keys (odd row count, partial key tiles) and paged decode with
-    3 query tokens per sequence (an odd n, so a CTA's query pair never straddles sequences)."""
+    3 query tokens per sequence (odd n: with 32 heads the last CTA of a sequence has one query)."""
     monkeypatch.setenv("GLM52_INDEXER_KERNEL", kernel)
     g = gen(heads + 7)
     s, l = 37, 3000

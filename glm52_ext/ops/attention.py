@@ -24,7 +24,16 @@ Indexer key cache: uint8 ``[num_blocks, 64 * 132]`` (132 B per token), block-spl
 are one dense tile: bytes ``[0, 8192)`` are the codes ``[64, 128]`` e4m3 (token-major), bytes
 ``[8192, 8448)`` the 64 fp32 scales (``k ≈ code * scale``).
 
-Little-endian byte order throughout (x86 hosts and NVIDIA GPUs).
+Little-endian byte order throughout (x86 hosts and NVIDIA GPUs). Key rows are read with 16-byte
+vector loads, so ``q``, ``q8``, ``kv``, ``k8``, the caches and ``out`` must start 16-byte aligned
+(any fresh tensor does).
+
+CUDA kernels (sm_90a): sparse MLA runs on tensor cores (HGMMA; heads padded to 64 inside the
+kernel only; FP8 cache rows are dequantized to BF16 in shared memory, so FP8 results carry one
+extra BF16 rounding of the keys); indexer logits run on tensor cores (QGMMA) for 32 or 64 heads and
+on an fp32 SIMT kernel otherwise; top-k is a one-CTA-per-row radix select. Setting
+``GLM52_SPARSE_MLA_KERNEL=simt`` or ``GLM52_INDEXER_KERNEL=simt`` selects the fp32 SIMT kernels
+instead (a cross-check). No op synchronizes with the host; all are CUDA-graph safe.
 """
 
 from __future__ import annotations

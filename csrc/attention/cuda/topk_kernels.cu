@@ -33,9 +33,11 @@ __global__ void __launch_bounds__(kThreads) topk_radix_select_kernel(TopkArgs a)
     __syncthreads();
     for (int64_t i = threadIdx.x; i < len; i += kThreads) {
       const float v = x[i];
-      if (!topk_is_finite(v)) continue;
-      const int bin = topk_bin(topk_key(v), pass, sel.threshold);
-      if (bin >= 0) atomicAdd(&hist[bin], 1u);
+      const int bin = topk_is_finite(v) ? topk_bin(topk_key(v), pass, sel.threshold) : -1;
+      // Logits crowd into few bins (one sign and exponent for most of a row): lanes with the same
+      // bin add once, so shared-memory atomics do not serialize 32-way.
+      const unsigned same = __match_any_sync(__activemask(), bin);
+      if (bin >= 0 && (threadIdx.x & 31) == __ffs(same) - 1) atomicAdd(&hist[bin], __popc(same));
     }
     __syncthreads();
     if (threadIdx.x == 0) {
