@@ -35,6 +35,14 @@ EXPECTED_KERNELS = {
     "moe_unpermute_kernel": (),
     "silu_quant_vec_kernel": (),
     "silu_quant_scalar_kernel": (),
+    # attention: sparse MLA and indexer logits on tensor cores; the SIMT kernels are fp32 FMA cross-checks
+    "sparse_mla_hgmma_kernel": ("HGMMA",),
+    "indexer_logits_qgmma_kernel": ("QGMMA",),
+    "mla_cache_write_kernel": (),
+    "indexer_cache_write_kernel": (),
+    "indexer_logits_simt_kernel": (),
+    "topk_radix_select_kernel": (),
+    "sparse_mla_simt_kernel": (),
 }
 
 pytestmark = [

@@ -42,7 +42,7 @@ def op_samples(device):
         (torch.ops.glm52.spec_verify_sampling_out.default, (draft.to(d), draft_probs.to(d), probs.to(d), 3, 4),
          verify_out()),
     ]
-    return samples + moe_samples(device)
+    return samples + moe_samples(device) + attention_samples(device)
 
 
 def moe_samples(device):
@@ -92,6 +92,56 @@ def moe_samples(device):
         (glm52.silu_and_mul_quant_fp8.default, (h.bfloat16(), 128, False), {}),
         (glm52.silu_and_mul_quant_fp8_out.default, (h, 128, True),
          {"out": empty(7, 256, dtype=torch.float8_e4m3fn), "out_scale": empty(7, 2)}),
+    ]
+
+
+def attention_samples(d):
+    """The attention family: cache writes (both formats), indexer logits, top-k, sparse MLA."""
+    g = torch.Generator().manual_seed(1)
+    kv = torch.randn(70, 576, generator=g).bfloat16()
+    slots = torch.randperm(128, generator=g)[:70]
+    slots[3] = -1
+    k = torch.randn(70, 128, generator=g)
+    q8 = (torch.randn(5, 8, 128, generator=g) * 30).to(torch.float8_e4m3fn)
+    w = torch.randn(5, 8, generator=g)
+    k8 = (torch.randn(90, 128, generator=g) * 30).to(torch.float8_e4m3fn)
+    ksc = torch.rand(90, generator=g)
+    ks = torch.tensor([0, 3, 10, 50, 89], dtype=torch.int32)
+    ke = torch.tensor([1, 40, 90, 60, 200], dtype=torch.int32)
+    icache = torch.randint(0, 0x7F, (2, 8448), generator=g, dtype=torch.uint8)
+    table = torch.tensor([[1, 0], [0, -1]], dtype=torch.int32)
+    lengths = torch.tensor([[100, 101], [30, 64]], dtype=torch.int32)
+    logits = torch.randn(4, 300, generator=g)
+    lens = torch.tensor([300, 0, 5, 100], dtype=torch.int32)
+    q = torch.randn(3, 16, 576, generator=g).bfloat16()
+    idx = torch.randint(-1, 70, (3, 40), generator=g, dtype=torch.int32)
+    cache16 = torch.zeros(2, 64, 1152, dtype=torch.uint8)
+    cache8 = torch.zeros(2, 64, 656, dtype=torch.uint8)
+    for c in (cache16, cache8):
+        torch.ops.glm52.mla_cache_write(kv, slots, c)
+    qd, idxd = q.view(1, 3, 16, 576), idx.view(1, 3, 40)
+    glm = torch.ops.glm52
+    return [
+        (glm.mla_cache_write.default, (kv.to(d), slots.to(d)), {"cache": torch.zeros(2, 64, 1152, dtype=torch.uint8, device=d)}),
+        (glm.mla_cache_write.default, (kv.to(d), slots.to(d)), {"cache": torch.zeros(2, 64, 656, dtype=torch.uint8, device=d)}),
+        (glm.indexer_cache_write.default, (k.to(d), slots.to(d)), {"cache": icache.clone().to(d)}),
+        (glm.indexer_logits.default, tuple(t.to(d) for t in (q8, w, k8, ksc, ks, ke)), {}),
+        (glm.indexer_logits_out.default, tuple(t.to(d) for t in (q8, w, k8, ksc, ks, ke)),
+         {"out": torch.empty(5, 90, device=d)}),
+        (glm.indexer_logits_paged.default,
+         (*(t.to(d) for t in (q8[:4].reshape(2, 2, 8, 128), w[:4].reshape(2, 2, 8), icache, table, lengths)), 150), {}),
+        (glm.indexer_logits_paged_out.default,
+         tuple(t.to(d) for t in (q8[:4].reshape(2, 2, 8, 128), w[:4].reshape(2, 2, 8), icache, table, lengths)),
+         {"out": torch.empty(2, 2, 150, device=d)}),
+        (glm.topk_indices.default, (logits.to(d), 16, lens.to(d)), {}),
+        (glm.topk_indices.default, (logits.to(d), 400, None), {}),
+        (glm.topk_indices_out.default, (logits.to(d), 16, lens.to(d)), {"out": torch.empty(4, 16, dtype=torch.int32, device=d)}),
+        (glm.sparse_mla_prefill.default, (q.to(d), kv.to(d), idx.to(d), 0.0625), {}),
+        (glm.sparse_mla_prefill_out.default, (q.to(d), kv.to(d), idx.to(d), 0.0625),
+         {"out": torch.empty(3, 16, 512, dtype=torch.bfloat16, device=d), "lse": torch.empty(3, 16, device=d)}),
+        (glm.sparse_mla_decode.default, (qd.to(d), cache16.to(d), idxd.to(d), 0.0625), {}),
+        (glm.sparse_mla_decode_out.default, (qd.to(d), cache8.to(d), idxd.to(d), 0.0625),
+         {"out": torch.empty(1, 3, 16, 512, dtype=torch.bfloat16, device=d), "lse": torch.empty(1, 3, 16, device=d)}),
     ]
 
 

@@ -21,6 +21,15 @@ from .moe import (
     permuted_rows_bound,
     silu_and_mul_quant_fp8,
 )
+from .attention import (
+    indexer_cache_write,
+    indexer_logits,
+    indexer_logits_paged,
+    mla_cache_write,
+    sparse_mla_decode,
+    sparse_mla_prefill,
+    topk_indices,
+)
 from .quant import dequant_fp8_block, quant_fp8_per_token_group
 from .spec import PROB_SUM_TOLERANCE, sampling_probs, spec_verify_greedy, spec_verify_sampling
 
@@ -33,6 +42,10 @@ __all__ = [
     "fp8_moe_experts",
     "fp8_swiglu_mlp",
     "grouped_gemm_m_alignment",
+    "indexer_cache_write",
+    "indexer_logits",
+    "indexer_logits_paged",
+    "mla_cache_write",
     "moe_permute",
     "moe_route",
     "moe_unpermute",
@@ -40,6 +53,9 @@ __all__ = [
     "quant_fp8_per_token_group",
     "sampling_probs",
     "silu_and_mul_quant_fp8",
+    "sparse_mla_decode",
+    "sparse_mla_prefill",
     "spec_verify_greedy",
     "spec_verify_sampling",
+    "topk_indices",
 ]

@@ -1,0 +1,195 @@
+// Argument contracts of the attention op family, shared by the CPU and CUDA entry points.
+#pragma once
+
+#include "attention/attention_cache.h"
+#include "common/checks.h"
+
+#include <ATen/core/Tensor.h>
+
+namespace glm52::attention {
+
+inline constexpr const char* kMlaCacheWriteOp = "mla_cache_write";
+inline constexpr const char* kIndexerCacheWriteOp = "indexer_cache_write";
+inline constexpr const char* kIndexerLogitsOp = "indexer_logits";
+inline constexpr const char* kIndexerLogitsPagedOp = "indexer_logits_paged";
+inline constexpr const char* kTopkOp = "topk_indices";
+inline constexpr const char* kSparsePrefillOp = "sparse_mla_prefill";
+inline constexpr const char* kSparseDecodeOp = "sparse_mla_decode";
+inline constexpr int64_t kMaxHeads = 128;
+
+inline void check_tensor(const at::Tensor& t, const char* op, const char* arg, at::ScalarType dtype,
+                         at::IntArrayRef shape, const char* layout, const at::Tensor& ref, const char* ref_arg) {
+  check_dtype(t, op, arg, {dtype});
+  check_shape(t, op, arg, shape, layout);
+  check_contiguous(t, op, arg);
+  check_same_device(t, ref, op, arg, ref_arg);
+}
+
+// Kernels read key rows with 16-byte vector loads (cp.async), so their base must be aligned.
+inline void check_aligned16(const at::Tensor& t, const char* op, const char* arg) {
+  GLM52_CHECK_ARG(reinterpret_cast<uintptr_t>(t.const_data_ptr()) % 16 == 0, op, arg,
+                  "must start at a 16-byte aligned address (a view with an odd storage offset?)");
+}
+
+// MLA cache uint8 [num_blocks, 64, 1152 (BF16) or 656 (FP8)], contiguous. Returns true for FP8.
+inline bool check_mla_cache(const at::Tensor& cache, const char* op, const char* arg) {
+  check_dim(cache, op, arg, 3, "[num_blocks, 64, 1152 or 656]");
+  check_dtype(cache, op, arg, {at::kByte});
+  GLM52_CHECK_ARG(cache.size(1) == kBlockTokens &&
+                      (cache.size(2) == kMlaBf16TokenBytes || cache.size(2) == kMlaFp8TokenBytes),
+                  op, arg, "must have shape [num_blocks, 64, 1152 (BF16 format) or 656 (FP8 format)], got ",
+                  shape_str(cache.sizes()));
+  check_contiguous(cache, op, arg);
+  check_aligned16(cache, op, arg);
+  return cache.size(2) == kMlaFp8TokenBytes;
+}
+
+// Slot mappings: int64 [T] contiguous beside `ref`.
+inline void check_slots(const at::Tensor& slots, int64_t tokens, const char* op, const at::Tensor& ref,
+                        const char* ref_arg) {
+  check_tensor(slots, op, "slots", at::kLong, {tokens}, "[T]", ref, ref_arg);
+}
+
+// kv [T, 576] bf16 with unit stride along the latent dim (any row stride).
+inline bool check_mla_cache_write(const at::Tensor& kv, const at::Tensor& slots, const at::Tensor& cache) {
+  const char* op = kMlaCacheWriteOp;
+  check_dim(kv, op, "kv", 2, "[T, 576]");
+  check_dtype(kv, op, "kv", {at::kBFloat16});
+  GLM52_CHECK_ARG(kv.size(1) == kLatentDim, op, "kv", "must have shape [T, 576] ([c_kv 512 | k_pe 64]), got ",
+                  shape_str(kv.sizes()));
+  GLM52_CHECK_ARG(kv.stride(1) == 1, op, "kv", "must have unit stride along the latent dim, got strides ",
+                  shape_str(kv.strides()));
+  check_slots(slots, kv.size(0), op, kv, "kv");
+  const bool fp8 = check_mla_cache(cache, op, "cache");
+  check_same_device(cache, kv, op, "cache", "kv");
+  return fp8;
+}
+
+// k [T, 128] bf16/fp16/fp32 with unit inner stride; cache uint8 [num_blocks, 8448] contiguous.
+inline void check_indexer_cache(const at::Tensor& cache, const char* op) {
+  check_dim(cache, op, "cache", 2, "[num_blocks, 8448]");
+  check_dtype(cache, op, "cache", {at::kByte});
+  GLM52_CHECK_ARG(cache.size(1) == kIndexBlockBytes, op, "cache",
+                  "must have shape [num_blocks, 8448] (64 tokens x (128 e4m3 + fp32 scale)), got ",
+                  shape_str(cache.sizes()));
+  check_contiguous(cache, op, "cache");
+  check_aligned16(cache, op, "cache");
+}
+
+inline void check_indexer_cache_write(const at::Tensor& k, const at::Tensor& slots, const at::Tensor& cache) {
+  const char* op = kIndexerCacheWriteOp;
+  check_dim(k, op, "k", 2, "[T, 128]");
+  check_dtype(k, op, "k", {at::kBFloat16, at::kHalf, at::kFloat});
+  GLM52_CHECK_ARG(k.size(1) == kIndexDim, op, "k", "must have shape [T, 128], got ", shape_str(k.sizes()));
+  GLM52_CHECK_ARG(k.stride(1) == 1, op, "k", "must have unit stride along the head dim, got strides ",
+                  shape_str(k.strides()));
+  check_slots(slots, k.size(0), op, k, "k");
+  check_indexer_cache(cache, op);
+  check_same_device(cache, k, op, "cache", "k");
+}
+
+// q8 [..., H, 128] e4m3 and weights [..., H] fp32 for `lead` leading dims; returns H.
+inline int64_t check_indexer_query(const at::Tensor& q8, const at::Tensor& weights, const char* op, int64_t lead,
+                                   const char* q_layout, const char* w_layout) {
+  check_dim(q8, op, "q8", lead + 2, q_layout);
+  check_dtype(q8, op, "q8", {at::kFloat8_e4m3fn});
+  GLM52_CHECK_ARG(q8.size(-1) == kIndexDim, op, "q8", "must have head dim 128, got shape ", shape_str(q8.sizes()));
+  GLM52_CHECK_ARG(q8.size(-2) >= 1 && q8.size(-2) <= kMaxHeads, op, "q8", "must have 1 to 128 heads, got shape ",
+                  shape_str(q8.sizes()));
+  check_contiguous(q8, op, "q8");
+  check_aligned16(q8, op, "q8");
+  check_tensor(weights, op, "weights", at::kFloat, q8.sizes().slice(0, lead + 1), w_layout, q8, "q8");
+  return q8.size(-2);
+}
+
+inline void check_indexer_logits(const at::Tensor& q8, const at::Tensor& weights, const at::Tensor& k8,
+                                 const at::Tensor& k_scale, const at::Tensor& ks, const at::Tensor& ke) {
+  const char* op = kIndexerLogitsOp;
+  check_indexer_query(q8, weights, op, 1, "[S, H, 128]", "[S, H]");
+  const int64_t s = q8.size(0);
+  check_dim(k8, op, "k8", 2, "[L, 128]");
+  check_tensor(k8, op, "k8", at::kFloat8_e4m3fn, {k8.size(0), kIndexDim}, "[L, 128]", q8, "q8");
+  check_aligned16(k8, op, "k8");
+  check_tensor(k_scale, op, "k_scale", at::kFloat, {k8.size(0)}, "[L]", q8, "q8");
+  check_tensor(ks, op, "ks", at::kInt, {s}, "[S]", q8, "q8");
+  check_tensor(ke, op, "ke", at::kInt, {s}, "[S]", q8, "q8");
+}
+
+inline void check_indexer_logits_out(const at::Tensor& q8, const at::Tensor& k8, const at::Tensor& out) {
+  check_tensor(out, kIndexerLogitsOp, "out", at::kFloat, {q8.size(0), k8.size(0)}, "[S, L]", q8, "q8");
+}
+
+inline void check_indexer_logits_paged(const at::Tensor& q8, const at::Tensor& weights, const at::Tensor& cache,
+                                       const at::Tensor& block_table, const at::Tensor& lengths) {
+  const char* op = kIndexerLogitsPagedOp;
+  check_indexer_query(q8, weights, op, 2, "[B, n, H, 128]", "[B, n, H]");
+  check_indexer_cache(cache, op);
+  check_same_device(cache, q8, op, "cache", "q8");
+  check_dim(block_table, op, "block_table", 2, "[B, max_blocks]");
+  check_tensor(block_table, op, "block_table", at::kInt, {q8.size(0), block_table.size(1)}, "[B, max_blocks]", q8,
+               "q8");
+  check_tensor(lengths, op, "lengths", at::kInt, {q8.size(0), q8.size(1)}, "[B, n]", q8, "q8");
+}
+
+inline void check_indexer_logits_paged_out(const at::Tensor& q8, const at::Tensor& out) {
+  const char* op = kIndexerLogitsPagedOp;
+  check_dim(out, op, "out", 3, "[B, n, max_len]");
+  check_tensor(out, op, "out", at::kFloat, {q8.size(0), q8.size(1), out.size(2)}, "[B, n, max_len]", q8, "q8");
+}
+
+inline void check_topk(const at::Tensor& logits, int64_t k, const std::optional<at::Tensor>& lengths) {
+  const char* op = kTopkOp;
+  check_dim(logits, op, "logits", 2, "[R, L]");
+  check_dtype(logits, op, "logits", {at::kFloat});
+  check_contiguous(logits, op, "logits");
+  GLM52_CHECK_ARG(k >= 0, op, "k", "must be >= 0, got ", k);
+  if (lengths) check_tensor(*lengths, op, "lengths", at::kInt, {logits.size(0)}, "[R]", logits, "logits");
+}
+
+inline void check_topk_out(const at::Tensor& logits, int64_t k, const at::Tensor& out) {
+  check_tensor(out, kTopkOp, "out", at::kInt, {logits.size(0), k}, "[R, k]", logits, "logits");
+}
+
+// q [..., H, 576] bf16 contiguous with H in 1..128; indices [..., k] int32 (same leading dims).
+inline void check_sparse_query(const at::Tensor& q, const at::Tensor& indices, const char* op, int64_t lead,
+                               const char* q_layout, const char* i_layout) {
+  check_dim(q, op, "q", lead + 2, q_layout);
+  check_dtype(q, op, "q", {at::kBFloat16});
+  GLM52_CHECK_ARG(q.size(-1) == kLatentDim, op, "q", "must have latent width 576, got shape ", shape_str(q.sizes()));
+  GLM52_CHECK_ARG(q.size(-2) >= 1 && q.size(-2) <= kMaxHeads, op, "q", "must have 1 to 128 heads, got shape ",
+                  shape_str(q.sizes()));
+  check_contiguous(q, op, "q");
+  check_aligned16(q, op, "q");
+  check_dim(indices, op, "indices", lead + 1, i_layout);
+  std::vector<int64_t> want(q.sizes().begin(), q.sizes().begin() + lead);
+  want.push_back(indices.size(-1));
+  check_tensor(indices, op, "indices", at::kInt, want, i_layout, q, "q");
+}
+
+inline void check_sparse_outputs(const at::Tensor& q, const at::Tensor& out, const at::Tensor& lse, const char* op,
+                                 const char* o_layout, const char* l_layout) {
+  std::vector<int64_t> shape(q.sizes().begin(), q.sizes().end());
+  shape.back() = kValueDim;
+  check_tensor(out, op, "out", at::kBFloat16, shape, o_layout, q, "q");
+  check_aligned16(out, op, "out");
+  shape.pop_back();
+  check_tensor(lse, op, "lse", at::kFloat, shape, l_layout, q, "q");
+}
+
+inline void check_sparse_prefill(const at::Tensor& q, const at::Tensor& kv, const at::Tensor& indices) {
+  const char* op = kSparsePrefillOp;
+  check_sparse_query(q, indices, op, 1, "[S, H, 576]", "[S, k]");
+  check_dim(kv, op, "kv", 2, "[L, 576]");
+  check_tensor(kv, op, "kv", at::kBFloat16, {kv.size(0), kLatentDim}, "[L, 576]", q, "q");
+  check_aligned16(kv, op, "kv");
+}
+
+inline bool check_sparse_decode(const at::Tensor& q, const at::Tensor& cache, const at::Tensor& indices) {
+  const char* op = kSparseDecodeOp;
+  check_sparse_query(q, indices, op, 2, "[B, sq, H, 576]", "[B, sq, k]");
+  const bool fp8 = check_mla_cache(cache, op, "cache");
+  check_same_device(cache, q, op, "cache", "q");
+  return fp8;
+}
+
+}  // namespace glm52::attention

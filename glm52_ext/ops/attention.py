@@ -1,0 +1,347 @@
+"""Attention ops (DESIGN §2.1, §3): paged latent and indexer caches, FP8 indexer logits, top-k
+selection, sparse MLA prefill and decode.
+
+Paged caches hold 64-token blocks; a *slot* is ``block * 64 + offset``. A slot of −1 — or any slot
+outside the cache — means "none": it is never written and never read (the CUDA kernels cannot raise
+on data without a host synchronization, so out-of-range slots are skipped on every device alike).
+
+MLA latent cache: uint8 ``[num_blocks, 64, token_bytes]``, one row of ``token_bytes`` per token:
+
+====================  ===========  ==============================================================
+format                token_bytes  bytes of one token row
+====================  ===========  ==============================================================
+BF16                  1152         ``[0, 1024)`` c_kv 512 × bf16 · ``[1024, 1152)`` k_pe 64 × bf16
+FP8 (FlashMLA-style)  656          ``[0, 512)`` c_kv 512 × e4m3 · ``[512, 528)`` 4 × fp32 scale
+                                   (scale g covers c_kv dims ``[128g, 128g + 128)``) ·
+                                   ``[528, 656)`` k_pe 64 × bf16
+====================  ===========  ==============================================================
+
+FP8 rows hold ``c_kv[i] ≈ e4m3(code[i]) * scale[i // 128]`` with ``scale = max(amax, 1e-10) / 448``
+(the rope dims stay BF16). A BF16 cache viewed as ``cache.view(torch.bfloat16)`` is
+``[num_blocks, 64, 576]``.
+
+Indexer key cache: uint8 ``[num_blocks, 64 * 132]`` (132 B per token), block-split so a block's codes
+are one dense tile: bytes ``[0, 8192)`` are the codes ``[64, 128]`` e4m3 (token-major), bytes
+``[8192, 8448)`` the 64 fp32 scales (``k ≈ code * scale``).
+
+Little-endian byte order throughout (x86 hosts and NVIDIA GPUs). Key rows are read with 16-byte
+vector loads, so ``q``, ``q8``, ``kv``, ``k8``, the caches and ``out`` must start 16-byte aligned
+(any fresh tensor does).
+
+CUDA kernels (sm_90a): sparse MLA runs on tensor cores (HGMMA; heads padded to 64 inside the
+kernel only; FP8 cache rows are dequantized to BF16 in shared memory, so FP8 results carry one
+extra BF16 rounding of the keys); indexer logits run on tensor cores (QGMMA) for 32 or 64 heads and
+on an fp32 SIMT kernel otherwise; top-k is a one-CTA-per-row radix select. Setting
+``GLM52_SPARSE_MLA_KERNEL=simt`` or ``GLM52_INDEXER_KERNEL=simt`` selects the fp32 SIMT kernels
+instead (a cross-check). No op synchronizes with the host; all are CUDA-graph safe.
+"""
+
+from __future__ import annotations
+
+import torch
+
+__all__ = [
+    "indexer_cache_write",
+    "indexer_logits",
+    "indexer_logits_paged",
+    "mla_cache_write",
+    "sparse_mla_decode",
+    "sparse_mla_prefill",
+    "topk_indices",
+]
+
+
+def mla_cache_write(kv: torch.Tensor, slots: torch.Tensor, cache: torch.Tensor) -> None:
+    """Write latent rows ``[c_kv | k_pe]`` into the paged MLA cache, in place.
+
+    Parameters
+    ----------
+    kv : torch.Tensor
+        ``[T, 576]`` bfloat16, unit stride along the latent dim (any row stride): ``c_kv`` (512,
+        after ``kv_a_layernorm``) then ``k_pe`` (64, after RoPE).
+    slots : torch.Tensor
+        ``[T]`` int64 slot of each token; −1 or out-of-range slots are skipped.
+    cache : torch.Tensor
+        uint8 ``[num_blocks, 64, 1152]`` (BF16 format: the bytes of ``kv``) or
+        ``[num_blocks, 64, 656]`` (FP8 format: ``c_kv`` quantized per 128 dims), contiguous; the
+        format is the last dim (module docstring). Two tokens with the same slot: unspecified which
+        one wins.
+    """
+    torch.ops.glm52.mla_cache_write(kv, slots, cache)
+
+
+def indexer_cache_write(
+    k: torch.Tensor, slots: torch.Tensor, cache: torch.Tensor, scale_ue8m0: bool = False
+) -> None:
+    """Quantize indexer keys (one fp32 scale per token) and write them into the paged indexer cache.
+
+    Parameters
+    ----------
+    k : torch.Tensor
+        ``[T, 128]`` bfloat16, float16 or float32 (after ``k_norm`` and RoPE), unit inner stride.
+    slots : torch.Tensor
+        ``[T]`` int64; −1 or out-of-range slots are skipped.
+    cache : torch.Tensor
+        uint8 ``[num_blocks, 8448]`` contiguous (module docstring).
+    scale_ue8m0 : bool
+        Round each scale up to a power of two. The codes and scales equal
+        ``quant_fp8_per_token_group(k, 128, scale_ue8m0)`` bit for bit.
+    """
+    torch.ops.glm52.indexer_cache_write(k, slots, cache, scale_ue8m0)
+
+
+def indexer_logits(
+    q8: torch.Tensor,
+    weights: torch.Tensor,
+    k8: torch.Tensor,
+    k_scale: torch.Tensor,
+    ks: torch.Tensor,
+    ke: torch.Tensor,
+    *,
+    out: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Lightning-indexer logits for ragged prefill: ``[S, L]`` fp32.
+
+    ``I[s, t] = k_scale[t] * Σ_h weights[s, h] * ReLU(q8[s, h] · k8[t])`` for ``ks[s] <= t < ke[s]``
+    (clamped to ``[0, L)``), ``-inf`` elsewhere. Dots of e4m3 values accumulate in fp32.
+
+    Parameters
+    ----------
+    q8 : torch.Tensor
+        ``[S, H, 128]`` float8_e4m3fn, contiguous; H in 1..128 (GLM-5.2: 32).
+    weights : torch.Tensor
+        ``[S, H]`` float32: the head weights already folded with the q scale and ``128^-0.5``
+        (DESIGN §2.1: ``w' = w · s_q · 128^-0.5``).
+    k8, k_scale : torch.Tensor
+        ``[L, 128]`` float8_e4m3fn and ``[L]`` float32, contiguous.
+    ks, ke : torch.Tensor
+        ``[S]`` int32: each row's visible key range (causal prefill of a sequence starting at key
+        ``b``: ``ks = b``, ``ke = b + position + 1``).
+    out : torch.Tensor, optional
+        Preallocated ``[S, L]`` float32, contiguous.
+    """
+    if out is None:
+        return torch.ops.glm52.indexer_logits(q8, weights, k8, k_scale, ks, ke)
+    torch.ops.glm52.indexer_logits_out(q8, weights, k8, k_scale, ks, ke, out=out)
+    return out
+
+
+def indexer_logits_paged(
+    q8: torch.Tensor,
+    weights: torch.Tensor,
+    cache: torch.Tensor,
+    block_table: torch.Tensor,
+    lengths: torch.Tensor,
+    max_len: int,
+    *,
+    out: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Indexer logits over the paged indexer cache, several query tokens per sequence:
+    ``[B, n, max_len]`` fp32.
+
+    Query ``(b, j)`` scores positions ``t < lengths[b, j]`` of sequence ``b`` (slot
+    ``block_table[b, t // 64] * 64 + t % 64``) as :func:`indexer_logits` does; positions at or beyond
+    the row's length, beyond the table, or in a block outside the cache are ``-inf``. For MTP
+    verification of ``n`` tokens whose keys are already cached, ``lengths[b, j] = context_len[b] - n
+    + j + 1`` (each query sees itself and the tokens before it).
+
+    Parameters
+    ----------
+    q8 : torch.Tensor
+        ``[B, n, H, 128]`` float8_e4m3fn, contiguous; H in 1..128.
+    weights : torch.Tensor
+        ``[B, n, H]`` float32 (folded as in :func:`indexer_logits`).
+    cache : torch.Tensor
+        uint8 ``[num_blocks, 8448]`` indexer cache.
+    block_table : torch.Tensor
+        ``[B, max_blocks]`` int32 block ids.
+    lengths : torch.Tensor
+        ``[B, n]`` int32.
+    max_len : int
+        Width of the output (a static bound on the lengths, so no host synchronization is needed);
+        ignored when ``out`` is given (its last dim is used).
+    out : torch.Tensor, optional
+        Preallocated ``[B, n, max_len]`` float32, contiguous.
+    """
+    if out is None:
+        return torch.ops.glm52.indexer_logits_paged(q8, weights, cache, block_table, lengths, max_len)
+    torch.ops.glm52.indexer_logits_paged_out(q8, weights, cache, block_table, lengths, out=out)
+    return out
+
+
+def topk_indices(
+    logits: torch.Tensor, k: int, lengths: torch.Tensor | None = None, *, out: torch.Tensor | None = None
+) -> torch.Tensor:
+    """The columns of the ``k`` largest finite entries of each row: int32 ``[R, k]``.
+
+    Radix selection (no sort of the row). Only the first ``lengths[r]`` columns of row r count (all
+    ``L`` when ``lengths`` is None); ``±inf`` and NaN never count. Ties at the k-th value go to the
+    lower column. The selected columns are listed in increasing order and the row is padded with
+    −1 when it has fewer than ``k`` finite entries. Identical on every device.
+
+    Parameters
+    ----------
+    logits : torch.Tensor
+        ``[R, L]`` float32, contiguous (L up to 2^31 - 1; 1M-column rows are routine).
+    k : int
+        Number to select (GLM-5.2: 2048), >= 0.
+    lengths : torch.Tensor, optional
+        ``[R]`` int32, clamped to ``[0, L]``.
+    out : torch.Tensor, optional
+        Preallocated ``[R, k]`` int32, contiguous.
+    """
+    if out is None:
+        return torch.ops.glm52.topk_indices(logits, k, lengths)
+    torch.ops.glm52.topk_indices_out(logits, k, lengths, out=out)
+    return out
+
+
+def sparse_mla_prefill(
+    q: torch.Tensor,
+    kv: torch.Tensor,
+    indices: torch.Tensor,
+    sm_scale: float,
+    *,
+    out: torch.Tensor | None = None,
+    lse: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Sparse latent attention (absorbed MLA) over selected rows of ``kv``.
+
+    ``out[s, h] = Σ_t softmax_t(q[s, h] · kv[t] * sm_scale) · kv[t, :512]`` over ``t = indices[s, j]``
+    with ``0 <= t < L`` (−1 and out-of-range indices are ignored), accumulated in fp32 with an online
+    softmax. ``lse[s, h] = ln Σ_t exp(q[s, h] · kv[t] * sm_scale)`` (natural log, the scale applied):
+    what merging partial results needs. A row with no valid index gives ``out = 0``, ``lse = -inf``.
+    A repeated index counts as many times as it appears.
+
+    Parameters
+    ----------
+    q : torch.Tensor
+        ``[S, H, 576]`` bfloat16 contiguous: per head ``[W_UKᵀ q_nope (512) | q_pe (64)]``; any H in
+        1..128 (tensor-parallel shards), no padding needed.
+    kv : torch.Tensor
+        ``[L, 576]`` bfloat16 contiguous ``[c_kv | k_pe]`` rows.
+    indices : torch.Tensor
+        ``[S, k]`` int32 contiguous row ids into ``kv``.
+    sm_scale : float
+        Softmax scale (GLM-5.2: ``256^-0.5``).
+    out, lse : torch.Tensor, optional
+        Preallocated ``[S, H, 512]`` bfloat16 and ``[S, H]`` float32, both or neither.
+
+    Returns
+    -------
+    (out, lse) : ``[S, H, 512]`` bfloat16 and ``[S, H]`` float32.
+    """
+    if out is None and lse is None:
+        return torch.ops.glm52.sparse_mla_prefill(q, kv, indices, sm_scale)
+    if out is None or lse is None:
+        raise ValueError("sparse_mla_prefill: pass both 'out' and 'lse', or neither")
+    torch.ops.glm52.sparse_mla_prefill_out(q, kv, indices, sm_scale, out=out, lse=lse)
+    return out, lse
+
+
+def sparse_mla_decode(
+    q: torch.Tensor,
+    cache: torch.Tensor,
+    indices: torch.Tensor,
+    sm_scale: float,
+    *,
+    out: torch.Tensor | None = None,
+    lse: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Sparse latent attention of ``sq`` new tokens per sequence over the paged MLA cache.
+
+    As :func:`sparse_mla_prefill`, with keys read from ``cache`` (BF16 or FP8 format, dequantized as
+    stored) at the *slots* ``indices[b, j, :]`` (−1 or out-of-range slots ignored). Also serves
+    chunked prefill against a cached prefix (``B = 1``, ``sq`` = chunk length).
+
+    Parameters
+    ----------
+    q : torch.Tensor
+        ``[B, sq, H, 576]`` bfloat16 contiguous, H in 1..128.
+    cache : torch.Tensor
+        uint8 ``[num_blocks, 64, 1152 or 656]`` (module docstring).
+    indices : torch.Tensor
+        ``[B, sq, k]`` int32 slots.
+    sm_scale : float
+        Softmax scale.
+    out, lse : torch.Tensor, optional
+        Preallocated ``[B, sq, H, 512]`` bfloat16 and ``[B, sq, H]`` float32, both or neither.
+    """
+    if out is None and lse is None:
+        return torch.ops.glm52.sparse_mla_decode(q, cache, indices, sm_scale)
+    if out is None or lse is None:
+        raise ValueError("sparse_mla_decode: pass both 'out' and 'lse', or neither")
+    torch.ops.glm52.sparse_mla_decode_out(q, cache, indices, sm_scale, out=out, lse=lse)
+    return out, lse
+
+
+# Fake (meta) implementations: shapes and dtypes only, for torch.compile. Mutating ops return nothing.
+
+
+@torch.library.register_fake("glm52::mla_cache_write")
+def _mla_cache_write(kv, slots, cache):
+    return None
+
+
+@torch.library.register_fake("glm52::indexer_cache_write")
+def _indexer_cache_write(k, slots, cache, scale_ue8m0=False):
+    return None
+
+
+@torch.library.register_fake("glm52::indexer_logits")
+def _indexer_logits(q8, weights, k8, k_scale, ks, ke):
+    torch._check(q8.dim() == 3, lambda: f"glm52.indexer_logits: argument 'q8' must be 3-D [S, H, 128], got {list(q8.shape)}")
+    return q8.new_empty((q8.shape[0], k8.shape[0]), dtype=torch.float32)
+
+
+@torch.library.register_fake("glm52::indexer_logits_out")
+def _indexer_logits_out(q8, weights, k8, k_scale, ks, ke, *, out):
+    return None
+
+
+@torch.library.register_fake("glm52::indexer_logits_paged")
+def _indexer_logits_paged(q8, weights, cache, block_table, lengths, max_len):
+    torch._check(q8.dim() == 4, lambda: f"glm52.indexer_logits_paged: argument 'q8' must be 4-D [B, n, H, 128], got {list(q8.shape)}")
+    return q8.new_empty((q8.shape[0], q8.shape[1], max_len), dtype=torch.float32)
+
+
+@torch.library.register_fake("glm52::indexer_logits_paged_out")
+def _indexer_logits_paged_out(q8, weights, cache, block_table, lengths, *, out):
+    return None
+
+
+@torch.library.register_fake("glm52::topk_indices")
+def _topk_indices(logits, k, lengths=None):
+    torch._check(logits.dim() == 2, lambda: f"glm52.topk_indices: argument 'logits' must be 2-D [R, L], got {list(logits.shape)}")
+    return logits.new_empty((logits.shape[0], k), dtype=torch.int32)
+
+
+@torch.library.register_fake("glm52::topk_indices_out")
+def _topk_indices_out(logits, k, lengths, *, out):
+    return None
+
+
+def _sparse_outputs(q):
+    return q.new_empty((*q.shape[:-1], 512)), q.new_empty(q.shape[:-1], dtype=torch.float32)
+
+
+@torch.library.register_fake("glm52::sparse_mla_prefill")
+def _sparse_mla_prefill(q, kv, indices, sm_scale):
+    torch._check(q.dim() == 3, lambda: f"glm52.sparse_mla_prefill: argument 'q' must be 3-D [S, H, 576], got {list(q.shape)}")
+    return _sparse_outputs(q)
+
+
+@torch.library.register_fake("glm52::sparse_mla_prefill_out")
+def _sparse_mla_prefill_out(q, kv, indices, sm_scale, *, out, lse):
+    return None
+
+
+@torch.library.register_fake("glm52::sparse_mla_decode")
+def _sparse_mla_decode(q, cache, indices, sm_scale):
+    torch._check(q.dim() == 4, lambda: f"glm52.sparse_mla_decode: argument 'q' must be 4-D [B, sq, H, 576], got {list(q.shape)}")
+    return _sparse_outputs(q)
+
+
+@torch.library.register_fake("glm52::sparse_mla_decode_out")
+def _sparse_mla_decode_out(q, cache, indices, sm_scale, *, out, lse):
+    return None

@@ -1,0 +1,183 @@
+"""Oracles of the attention ops: paged caches, indexer logits, top-k, sparse MLA (DESIGN §2.1, §3).
+
+Cache byte layouts (see :func:`glm52_ext.ops.mla_cache_write`): MLA rows of 1152 B (BF16
+``[c_kv | k_pe]``) or 656 B (512 e4m3 + 4 fp32 scales + 64 BF16 rope dims) in
+``[num_blocks, 64, bytes]`` uint8; indexer blocks of ``64 * 132`` B (codes ``[64, 128]`` e4m3 then
+64 fp32 scales). A slot is ``block * 64 + offset``; −1 (or any slot outside the cache) is none.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from .quant import quant_fp8_per_token_group
+
+BLOCK_TOKENS = 64
+LATENT_DIM, VALUE_DIM, ROPE_DIM = 576, 512, 64
+MLA_BF16_TOKEN_BYTES = 2 * LATENT_DIM  # 1152
+MLA_FP8_TOKEN_BYTES = VALUE_DIM + 4 * 4 + 2 * ROPE_DIM  # 656
+INDEX_DIM = 128
+INDEX_BLOCK_BYTES = BLOCK_TOKENS * (INDEX_DIM + 4)  # 8448
+
+__all__ = [
+    "BLOCK_TOKENS",
+    "INDEX_BLOCK_BYTES",
+    "MLA_BF16_TOKEN_BYTES",
+    "MLA_FP8_TOKEN_BYTES",
+    "indexer_cache_read",
+    "indexer_cache_write",
+    "indexer_logits",
+    "indexer_logits_paged",
+    "mla_cache_read",
+    "mla_cache_write",
+    "positions_to_slots",
+    "sparse_mla_decode",
+    "sparse_mla_prefill",
+    "topk_indices",
+]
+
+
+def _valid_slots(slots: torch.Tensor, capacity: int) -> torch.Tensor:
+    return (slots >= 0) & (slots < capacity)
+
+
+def _bytes(t: torch.Tensor) -> torch.Tensor:
+    width = math.prod(t.shape[1:]) * t.element_size()
+    if t.numel() == 0:
+        return torch.empty(t.shape[0], width, dtype=torch.uint8)
+    return t.contiguous().view(torch.uint8).reshape(t.shape[0], width)
+
+
+def mla_cache_write(kv: torch.Tensor, slots: torch.Tensor, cache: torch.Tensor) -> torch.Tensor:
+    """A copy of ``cache`` with ``kv[t]`` ``[576]`` bf16 written at ``slots[t]`` (BF16 or FP8 format)."""
+    cache = cache.clone()
+    rows = cache.view(-1, cache.shape[-1])
+    keep = _valid_slots(slots, rows.shape[0])
+    kv, slots = kv[keep], slots[keep].long()
+    if cache.shape[-1] == MLA_BF16_TOKEN_BYTES:
+        rows[slots] = _bytes(kv)
+        return cache
+    codes, scale = quant_fp8_per_token_group(kv[:, :VALUE_DIM].float(), 128)
+    rows[slots] = torch.cat((_bytes(codes), _bytes(scale), _bytes(kv[:, VALUE_DIM:])), dim=1)
+    return cache
+
+
+def mla_cache_read(cache: torch.Tensor) -> torch.Tensor:
+    """Every token row of an MLA cache as fp32 ``[num_blocks * 64, 576]`` (FP8 dequantized)."""
+    rows = cache.reshape(-1, cache.shape[-1])
+    if cache.shape[-1] == MLA_BF16_TOKEN_BYTES:
+        return rows.view(torch.bfloat16).float()
+    codes = rows[:, :VALUE_DIM].view(torch.float8_e4m3fn).float()
+    scale = rows[:, VALUE_DIM : VALUE_DIM + 16].contiguous().view(torch.float32)
+    rope = rows[:, VALUE_DIM + 16 :].contiguous().view(torch.bfloat16).float()
+    return torch.cat((codes * scale.repeat_interleave(128, dim=1), rope), dim=1)
+
+
+def _indexer_views(cache: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Views of an indexer cache: codes ``[num_blocks, 64, 128]`` and scale bytes ``[num_blocks, 64, 4]``."""
+    split = BLOCK_TOKENS * INDEX_DIM
+    return cache[:, :split].view(-1, BLOCK_TOKENS, INDEX_DIM), cache[:, split:].view(-1, BLOCK_TOKENS, 4)
+
+
+def indexer_cache_write(
+    k: torch.Tensor, slots: torch.Tensor, cache: torch.Tensor, scale_ue8m0: bool = False
+) -> torch.Tensor:
+    """A copy of ``cache`` with ``k[t]`` ``[128]`` quantized (one fp32 scale per token) at ``slots[t]``."""
+    cache = cache.clone()
+    codes_view, scale_view = _indexer_views(cache)
+    keep = _valid_slots(slots, cache.shape[0] * BLOCK_TOKENS)
+    codes, scale = quant_fp8_per_token_group(k[keep].float(), INDEX_DIM, scale_ue8m0)
+    s = slots[keep].long()
+    codes_view[s // BLOCK_TOKENS, s % BLOCK_TOKENS] = _bytes(codes)
+    scale_view[s // BLOCK_TOKENS, s % BLOCK_TOKENS] = _bytes(scale)
+    return cache
+
+
+def indexer_cache_read(cache: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(codes ``[num_blocks * 64, 128]`` e4m3, scales ``[num_blocks * 64]`` fp32) of every slot."""
+    codes_view, scale_view = _indexer_views(cache)
+    return codes_view.reshape(-1, INDEX_DIM).view(torch.float8_e4m3fn), scale_view.contiguous().view(torch.float32).reshape(-1)
+
+
+def indexer_logits(q8, weights, k8, k_scale, ks, ke) -> torch.Tensor:
+    """``I[s, t] = k_scale[t] * Σ_h weights[s, h] * ReLU(q8[s, h] · k8[t])`` for ``ks[s] <= t < ke[s]``,
+    −inf elsewhere; ``[S, L]`` fp32 (math in fp64)."""
+    dots = torch.einsum("shd,td->sht", q8.double(), k8.double()).relu()
+    logits = torch.einsum("sh,sht->st", weights.double(), dots) * k_scale.double()
+    t = torch.arange(k8.shape[0])
+    visible = (t >= ks.long().unsqueeze(1)) & (t < ke.long().unsqueeze(1))
+    return logits.masked_fill(~visible, -math.inf).float()
+
+
+def positions_to_slots(block_table: torch.Tensor, positions: torch.Tensor, num_blocks: int) -> torch.Tensor:
+    """Slots of sequence ``positions [B, ...]`` through ``block_table [B, max_blocks]``; −1 where a position
+    is negative, beyond the table, or its block id is outside ``[0, num_blocks)``."""
+    b, width = block_table.shape
+    pos = positions.reshape(b, -1).long()
+    ok = (pos >= 0) & (pos < width * BLOCK_TOKENS)
+    block = block_table.long().gather(1, torch.where(ok, pos // BLOCK_TOKENS, 0)) if width else torch.zeros_like(pos)
+    ok &= (block >= 0) & (block < num_blocks)
+    return torch.where(ok, block * BLOCK_TOKENS + pos % BLOCK_TOKENS, -1).reshape(positions.shape)
+
+
+def indexer_logits_paged(q8, weights, cache, block_table, lengths, max_len: int) -> torch.Tensor:
+    """Decode form: query ``(b, j)`` scores positions ``t < lengths[b, j]`` of sequence b through its
+    block table; ``[B, n, max_len]`` fp32, −inf beyond each row's length or at unmapped positions."""
+    b, n, h, _ = q8.shape
+    codes, scale = indexer_cache_read(cache)
+    pos = torch.arange(max_len).expand(b, max_len)
+    slots = positions_to_slots(block_table, pos, cache.shape[0])  # [B, max_len]
+    k = codes[slots.clamp_min(0)].double()  # [B, max_len, 128]
+    dots = torch.einsum("bnhd,btd->bnht", q8.double(), k).relu()
+    logits = torch.einsum("bnh,bnht->bnt", weights.double(), dots) * scale[slots.clamp_min(0)].double().unsqueeze(1)
+    visible = (torch.arange(max_len) < lengths.long().unsqueeze(-1)) & (slots >= 0).unsqueeze(1)
+    return logits.masked_fill(~visible, -math.inf).float()
+
+
+def topk_indices(logits: torch.Tensor, k: int, lengths: torch.Tensor | None = None) -> torch.Tensor:
+    """Columns of the ``k`` largest finite entries of each row of ``logits [R, L]`` among its first
+    ``lengths[r]`` columns (all when None), ties to the lower column, listed in increasing column
+    order and −1 padded: int32 ``[R, k]``."""
+    r, cols = logits.shape
+    out = torch.full((r, k), -1, dtype=torch.int32)
+    for i in range(r):
+        n = cols if lengths is None else max(0, min(int(lengths[i]), cols))
+        row = logits[i, :n]
+        finite = torch.isfinite(row)
+        # A stable descending sort keeps equal values in column order: ties go to the lower column.
+        order = torch.sort(row.masked_fill(~finite, -math.inf), descending=True, stable=True).indices
+        chosen = order[: min(k, int(finite.sum()))]
+        out[i, : chosen.numel()] = chosen.sort().values.to(torch.int32)
+    return out
+
+
+def _sparse_mla(q: torch.Tensor, keys: torch.Tensor, indices: torch.Tensor, sm_scale: float):
+    """q ``[R, H, 576]``, keys fp32 ``[N, 576]``, indices ``[R, k]``: fp64 softmax attention."""
+    valid = (indices >= 0) & (indices < keys.shape[0])
+    keys = torch.cat((keys.double(), keys.new_zeros(1, LATENT_DIM, dtype=torch.float64)))  # row N: invalid ones
+    k = keys[torch.where(valid, indices.long(), keys.shape[0] - 1)]  # [R, k, 576]
+    scores = torch.einsum("rhd,rkd->rhk", q.double(), k) * sm_scale
+    scores = scores.masked_fill(~valid.unsqueeze(1), -math.inf)
+    m = scores.amax(dim=-1, keepdim=True).clamp_min(-1e300) if scores.shape[-1] else scores.new_zeros(*scores.shape[:2], 1)
+    e = torch.exp(scores - m)
+    total = e.sum(dim=-1)
+    lse = torch.log(total) + m.squeeze(-1)  # -inf where no key is valid
+    out = torch.einsum("rhk,rkc->rhc", e, k[..., :VALUE_DIM]) / total.clamp_min(1e-300).unsqueeze(-1)
+    return out.to(torch.bfloat16), lse.float()
+
+
+def sparse_mla_prefill(q, kv, indices, sm_scale: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """``out[s, h] = Σ_t softmax_t(q[s, h] · kv[t] * sm_scale) kv[t, :512]`` over the valid
+    ``t = indices[s, j]`` (in ``[0, L)``); ``lse[s, h] = log Σ_t exp(q[s, h] · kv[t] * sm_scale)``;
+    a row with no valid index gives zeros and −inf. Out bf16 ``[S, H, 512]``, lse fp32 ``[S, H]``."""
+    return _sparse_mla(q, kv.float(), indices, sm_scale)
+
+
+def sparse_mla_decode(q, cache, indices, sm_scale: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """As :func:`sparse_mla_prefill` with ``q [B, sq, H, 576]`` and ``indices [B, sq, k]`` slots of the
+    paged MLA ``cache`` (BF16 or FP8 format, dequantized as stored)."""
+    b, sq, h, d = q.shape
+    out, lse = _sparse_mla(q.reshape(b * sq, h, d), mla_cache_read(cache), indices.reshape(b * sq, -1), sm_scale)
+    return out.reshape(b, sq, h, VALUE_DIM), lse.reshape(b, sq, h)
