@@ -20,22 +20,6 @@ LATENT_NORM_EPS = 1e-6  # q_a_layernorm / kv_a_layernorm (transformers and DeepS
 INDEXER_NORM_EPS = 1e-6
 
 
-def indexer_scores_exact(q: torch.Tensor, w: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
-    """``I(s,t) = Σ_h w_h · ReLU(q_h · k_t · D^-0.5)`` in fp32: ``q [B,T,H,D]``, ``w [B,T,H]``, ``keys [B,C,D]`` -> ``[B,T,C]``."""
-    logits = torch.einsum("bshd,btd->bsht", q.float(), keys.float()) * q.shape[-1] ** -0.5
-    return torch.einsum("bsh,bsht->bst", w, logits.relu())
-
-
-def indexer_scores_fp8(q: torch.Tensor, w: torch.Tensor, k8: torch.Tensor, k_scale: torch.Tensor) -> torch.Tensor:
-    """Production recipe: q per (token, head) e4m3 with a power-of-two scale folded into the head
-    weight, keys e4m3 with one fp32 scale per token: ``I = s_k(t) · Σ_h w'_h · ReLU(q8_h · k8_t)``."""
-    b, t, h, d = q.shape
-    q8, q_scale = kernels.quant_fp8_per_token_group(q.reshape(-1, d), d, scale_ue8m0=True)
-    w = w * q_scale.view(b, t, h) * d**-0.5
-    logits = torch.einsum("bshd,btd->bsht", q8.float().view(b, t, h, d), k8.float()).relu()
-    return torch.einsum("bsh,bsht->bst", w, logits) * k_scale.unsqueeze(1)
-
-
 class Indexer(nn.Module):
     """Scores every causal key for every query and keeps the ``index_topk`` best (DESIGN §2.1)."""
 
@@ -62,12 +46,8 @@ class Indexer(nn.Module):
         q = self.wq_b(cq).view(b, t, self.n_heads, self.head_dim)
         q = torch.cat((apply_rope(q[..., :r], cos, sin), q[..., r:]), dim=-1)
         w = self.weights_proj(n.float()) * self.n_heads**-0.5  # fp32 [B, T, H]
-        rows = view.context_slots.clamp_min(0)
-        if self.config.indexer_precision == "fp8":
-            scores = indexer_scores_fp8(q, w, view.cache.index_keys[layer][rows], view.cache.index_scales[layer][rows])
-        else:
-            scores = indexer_scores_exact(q, w, view.cache.index_keys[layer][rows])
-        positions = kernels.topk_indices(scores.masked_fill(~view.causal_mask(), float("-inf")), self.config.index_topk)
+        scores = view.cache.index_scores(layer, q, w, view)
+        positions = kernels.topk_indices(scores.flatten(0, 1).contiguous(), self.config.index_topk).view(b, t, -1)
         picked = view.context_slots.gather(1, positions.clamp_min(0).flatten(1).long()).view_as(positions)
         return torch.where(positions >= 0, picked, -1)
 
@@ -116,8 +96,6 @@ class MLAttention(nn.Module):
         w_kv = self.kv_b_proj.dense_weight(n.dtype).view(h, c.qk_nope_head_dim + c.v_head_dim, c.kv_lora_rank)
         w_uk, w_uv = w_kv.split((c.qk_nope_head_dim, c.v_head_dim), dim=1)
         q_lat = torch.einsum("bshd,hdc->bshc", q_nope, w_uk)
-        query = torch.cat((q_lat, q_pe), dim=-1).flatten(0, 1)  # [B*T, H, kv_lora + rope]
-        latent = view.cache.latent[self.layer_idx].to(n.dtype)  # [slots, kv_lora + rope]
-        o_lat, _ = kernels.sparse_mla_prefill(query, latent, topk.flatten(0, 1), c.qk_head_dim**-0.5, c.kv_lora_rank)
-        o = torch.einsum("shc,hvc->shv", o_lat, w_uv).reshape(b, t, h * c.v_head_dim)
+        o_lat = view.cache.attend(self.layer_idx, torch.cat((q_lat, q_pe), dim=-1), topk, c.qk_head_dim**-0.5)
+        o = torch.einsum("bshc,hvc->bshv", o_lat, w_uv).reshape(b, t, h * c.v_head_dim)
         return self.o_proj(o), topk

@@ -55,6 +55,8 @@ def _parser() -> argparse.ArgumentParser:
     g.add_argument("--dtype", choices=("auto", "bfloat16", "float32"), default="auto")
     g.add_argument("--device", default="cpu")
     g.add_argument("--cache-mb", type=int, default=256, help="KV-cache budget")
+    g.add_argument("--kv-format", choices=("bf16", "fp8", "model"), help="cache layout (default: the "
+                   "attention kernels' bf16 rows where the model fits them, else 'model')")
     g.add_argument("--json", action="store_true", help="print one JSON object")
 
     sub.add_parser("selfcheck", help="check the installed kernels (glm52_ext.selfcheck)")

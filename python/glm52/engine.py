@@ -79,10 +79,14 @@ class _Sequence:
 
 
 class Engine:
-    """Generates for a batch of requests with a paged cache sized from ``cache_bytes``."""
+    """Generates for a batch of requests with a paged cache sized from ``cache_bytes``.
+
+    ``cache_format``: ``"bf16"`` or ``"fp8"`` (the attention kernels' MLA layouts; GLM-5.x sizes in
+    BF16 with the FP8 indexer) or ``"model"``; by default the kernels' BF16 layout where it fits.
+    """
 
     def __init__(self, model: GLM52ForCausalLM, cache_bytes: int = 256 << 20, spec_steps: int = 3,
-                 eos_token_ids: tuple[int, ...] | list[int] = ()) -> None:
+                 eos_token_ids: tuple[int, ...] | list[int] = (), cache_format: str | None = None) -> None:
         config = model.config
         if spec_steps < 0:
             raise ValueError(f"spec_steps must be >= 0, got {spec_steps}")
@@ -92,7 +96,7 @@ class Engine:
         self.eos = set(eos_token_ids)
         weight = model.model.embed_tokens.weight
         self.device, self.dtype = weight.device, weight.dtype
-        self.cache = PagedKVCache.from_budget(config, cache_bytes, self.dtype, self.device)
+        self.cache = PagedKVCache.from_budget(config, cache_bytes, self.dtype, self.device, cache_format)
         self.allocator = BlockAllocator(self.cache.num_slots // 64)
 
     # ---- one forward over chosen positions ------------------------------------------------

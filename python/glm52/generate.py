@@ -56,7 +56,8 @@ def run_cli(args: argparse.Namespace) -> dict:
         prompts = [parse_ids(text) for text in args.prompt_ids]
     eos = model.config.eos_token_id
     eos = list(eos) if isinstance(eos, (list, tuple)) else [] if eos is None else [eos]
-    engine = Engine(model, cache_bytes=args.cache_mb << 20, spec_steps=args.spec_steps, eos_token_ids=eos)
+    engine = Engine(model, cache_bytes=args.cache_mb << 20, spec_steps=args.spec_steps, eos_token_ids=eos,
+                    cache_format=args.kv_format)
     params = SamplingParams(temperature=args.temperature, top_p=args.top_p, top_k=args.top_k, seed=args.seed)
     result = engine.generate(prompts, args.max_new_tokens, params)
     out = {"tokens": result.tokens, "accepted_per_step": result.accepted_per_step,

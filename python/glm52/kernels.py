@@ -1,8 +1,7 @@
 """The one place the model reaches into ``glm52_ext``: every op the layers call comes from here.
 
-Most are the extension's ops (CPU and CUDA kernels). ``topk_indices`` and ``sparse_mla_prefill``
-follow the ``torch.ops.glm52`` contracts of DESIGN §3 in plain PyTorch until the attention ops
-land in ``glm52_ext.ops``; then they become imports here and no layer changes.
+All are the extension's ops (CPU and CUDA kernels) except ``sparse_mla_prefill_model``, the plain
+PyTorch attention for small test models whose latent width is not the kernels' 576.
 """
 
 from __future__ import annotations
@@ -11,6 +10,11 @@ import torch
 
 from glm52_ext.ops import (
     dequant_fp8_block,
+    indexer_cache_write,
+    indexer_logits_paged,
+    mla_cache_write,
+    sparse_mla_decode,
+    topk_indices,
     fp8_gemm,
     fp8_moe_experts,
     fp8_swiglu_mlp,
@@ -22,22 +26,29 @@ from glm52_ext.ops import (
 )
 
 __all__ = [
-    "dequant_fp8_block", "fp8_gemm", "fp8_moe_experts", "fp8_swiglu_mlp", "moe_route", "quant_fp8_per_token_group",
-    "sampling_probs", "sparse_mla_prefill", "spec_verify_greedy", "spec_verify_sampling", "topk_indices",
+    "dequant_fp8_block",
+    "fp8_gemm",
+    "fp8_moe_experts",
+    "fp8_swiglu_mlp",
+    "indexer_cache_write",
+    "indexer_logits_paged",
+    "mla_cache_write",
+    "moe_route",
+    "quant_fp8_per_token_group",
+    "sampling_probs",
+    "sparse_mla_decode",
+    "sparse_mla_prefill_model",
+    "spec_verify_greedy",
+    "spec_verify_sampling",
+    "topk_indices",
 ]
 
 
-def topk_indices(logits: torch.Tensor, k: int) -> torch.Tensor:
-    """The ``k`` largest finite entries of each row of ``logits [..., L]`` as int32, −1 padded."""
-    k = min(k, logits.shape[-1])
-    values, idx = logits.topk(k, dim=-1)
-    return torch.where(torch.isfinite(values), idx, -1).to(torch.int32)
-
-
-def sparse_mla_prefill(
+def sparse_mla_prefill_model(
     q: torch.Tensor, kv: torch.Tensor, indices: torch.Tensor, sm_scale: float, d_v: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Latent attention over selected keys: ``q [S, H, D]``, ``kv [L, D]``, ``indices [S, k]`` (−1 ignored).
+    """Latent attention over selected keys in plain PyTorch, for models outside the attention ops'
+    contract (576-wide BF16 latents): ``q [S, H, D]``, ``kv [L, D]``, ``indices [S, k]`` (−1 ignored).
 
     The value of key ``t`` is ``kv[t, :d_v]`` (the ``c_kv`` part of ``[c_kv | k_pe]``). Returns
     ``(out [S, H, d_v], lse [S, H])`` in fp32 accumulation, ``out`` in ``q``'s dtype.

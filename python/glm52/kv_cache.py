@@ -77,60 +77,97 @@ class BlockAllocator:
             raise AssertionError("block accounting broken: blocks lost or handed out twice")
 
 
-class PagedKVCache:
-    """Cache storage for every layer (the MTP layer included), sized in blocks.
+KERNEL_FORMAT_TOKEN_BYTES = {"bf16": 1152, "fp8": 656}  # the attention ops' MLA row layouts
+INDEX_TOKEN_BYTES = 132  # 128 e4m3 codes + one fp32 scale
 
-    ``latent[layer]`` is ``[num_slots, kv_lora_rank + qk_rope_head_dim]`` in the model dtype. Layers
-    with an indexer also keep its keys: ``[num_slots, index_head_dim]`` fp32 in exact mode, or e4m3
-    codes plus one fp32 scale per token in FP8 mode (the production format, 132 B/token).
+
+def kernel_formats_fit(config: GLM52Config, dtype: torch.dtype) -> bool:
+    """Whether the attention ops can serve this model: GLM-5.x latent sizes, BF16, the FP8 indexer."""
+    return (config.kv_lora_rank, config.qk_rope_head_dim, config.index_head_dim) == (512, 64, 128) and \
+        dtype == torch.bfloat16 and config.indexer_precision == "fp8"
+
+
+class PagedKVCache:
+    """Cache storage for every layer (the MTP layer included), sized in blocks, and the two ways
+    attention reads it: indexer scores over the cached keys and sparse attention over chosen slots.
+
+    ``format`` is one of
+
+    - ``"bf16"`` / ``"fp8"``: the attention kernels' byte layouts (:mod:`glm52_ext.ops.attention`):
+      MLA rows of 1152 B (BF16) or 656 B (FP8 latent + BF16 rope) per token, indexer keys 132 B per
+      token on layers with an indexer; written by ``mla_cache_write``/``indexer_cache_write``, read
+      by ``indexer_logits_paged`` and ``sparse_mla_decode``. Needs :func:`kernel_formats_fit`.
+    - ``"model"``: any model size or dtype (small test models): latents ``[slots, kv_lora + rope]``
+      in the model dtype and indexer keys as fp32 (exact indexer) or e4m3 + fp32 scale (FP8),
+      read with plain PyTorch.
+
     ``shared_storage=True`` gives all layers one buffer: enough for a single forward pass, where
     each layer is done with the cache before the next one writes it.
     """
 
     def __init__(self, config: GLM52Config, num_blocks: int, dtype: torch.dtype, device: torch.device | str,
-                 shared_storage: bool = False) -> None:
-        self.config = config
-        self.num_slots = num_blocks * BLOCK_SIZE
-        width = config.kv_lora_rank + config.qk_rope_head_dim
+                 format: str | None = None, shared_storage: bool = False) -> None:
+        fits = kernel_formats_fit(config, dtype)
+        format = format or ("bf16" if fits else "model")
+        if format not in ("model", *KERNEL_FORMAT_TOKEN_BYTES):
+            raise ValueError(f"cache format must be 'model', 'bf16' or 'fp8', got {format!r}")
+        if format != "model" and not fits:
+            raise ValueError(f"cache format {format!r} needs kv_lora_rank 512, qk_rope_head_dim 64, index_head_dim "
+                             f"128, bfloat16 and indexer_precision 'fp8' (the attention kernels' contract)")
+        self.config, self.format, self.dtype = config, format, dtype
+        self.num_blocks, self.num_slots = num_blocks, num_blocks * BLOCK_SIZE
         layers = range(config.num_layers_total)
-        fp8 = config.indexer_precision == "fp8"
-
-        def make(shape, dt):
-            return torch.zeros(shape, dtype=dt, device=device)
-
-        def per_layer(factory, which):
-            if shared_storage:
-                one = factory()
-                return {i: one for i in which}
-            return {i: factory() for i in which}
-
-        self.latent = per_layer(lambda: make((self.num_slots, width), dtype), layers)
         indexed = [i for i in layers if config.has_indexer(i)]
-        key_dtype = torch.float8_e4m3fn if fp8 else torch.float32
-        self.index_keys = per_layer(lambda: make((self.num_slots, config.index_head_dim), key_dtype), indexed)
-        self.index_scales = per_layer(lambda: make((self.num_slots,), torch.float32), indexed) if fp8 else {}
+        fp8_keys = config.indexer_precision == "fp8"
+
+        def per_layer(shape, dt, which):
+            if shared_storage:
+                one = torch.zeros(shape, dtype=dt, device=device)
+                return {i: one for i in which}
+            return {i: torch.zeros(shape, dtype=dt, device=device) for i in which}
+
+        if format == "model":
+            width = config.kv_lora_rank + config.qk_rope_head_dim
+            self.latent = per_layer((self.num_slots, width), dtype, layers)
+            key_dtype = torch.float8_e4m3fn if fp8_keys else torch.float32
+            self.index_keys = per_layer((self.num_slots, config.index_head_dim), key_dtype, indexed)
+            self.index_scales = per_layer((self.num_slots,), torch.float32, indexed) if fp8_keys else {}
+        else:
+            row = KERNEL_FORMAT_TOKEN_BYTES[format]
+            self.latent = per_layer((num_blocks, BLOCK_SIZE, row), torch.uint8, layers)
+            self.index_keys = per_layer((num_blocks, BLOCK_SIZE * INDEX_TOKEN_BYTES), torch.uint8, indexed)
 
     @staticmethod
-    def bytes_per_block(config: GLM52Config, dtype: torch.dtype) -> int:
-        width = config.kv_lora_rank + config.qk_rope_head_dim
+    def bytes_per_block(config: GLM52Config, dtype: torch.dtype, format: str | None = None) -> int:
+        format = format or ("bf16" if kernel_formats_fit(config, dtype) else "model")
         indexed = sum(config.has_indexer(i) for i in range(config.num_layers_total))
-        key_bytes = config.index_head_dim + 4 if config.indexer_precision == "fp8" else 4 * config.index_head_dim
-        per_token = config.num_layers_total * width * torch.finfo(dtype).bits // 8 + indexed * key_bytes
-        return BLOCK_SIZE * per_token
+        if format == "model":
+            latent = (config.kv_lora_rank + config.qk_rope_head_dim) * torch.finfo(dtype).bits // 8
+            key = config.index_head_dim + 4 if config.indexer_precision == "fp8" else 4 * config.index_head_dim
+        else:
+            latent, key = KERNEL_FORMAT_TOKEN_BYTES[format], INDEX_TOKEN_BYTES
+        return BLOCK_SIZE * (config.num_layers_total * latent + indexed * key)
 
     @classmethod
     def from_budget(cls, config: GLM52Config, budget_bytes: int, dtype: torch.dtype,
-                    device: torch.device | str) -> PagedKVCache:
-        blocks = budget_bytes // cls.bytes_per_block(config, dtype)
-        if blocks < 1:
-            raise ValueError(f"a cache budget of {budget_bytes} bytes holds no block "
-                             f"({cls.bytes_per_block(config, dtype)} bytes each)")
-        return cls(config, blocks, dtype, device)
+                    device: torch.device | str, format: str | None = None) -> PagedKVCache:
+        per_block = cls.bytes_per_block(config, dtype, format)
+        if budget_bytes < per_block:
+            raise ValueError(f"a cache budget of {budget_bytes} bytes holds no block ({per_block} bytes each)")
+        return cls(config, budget_bytes // per_block, dtype, device, format)
 
     def write(self, layer: int, slots: torch.Tensor, latent: torch.Tensor, index_key: torch.Tensor | None) -> None:
         """Store new tokens' ``[c_kv | k_pe]`` (and indexer key) at ``slots`` (−1: not stored)."""
-        keep = slots.reshape(-1) >= 0
-        rows = slots.reshape(-1)[keep]
+        flat_slots = slots.reshape(-1)
+        if self.format != "model":
+            kernels.mla_cache_write(latent.reshape(-1, latent.shape[-1]).to(torch.bfloat16), flat_slots,
+                                    self.latent[layer])
+            if index_key is not None:
+                kernels.indexer_cache_write(index_key.reshape(-1, index_key.shape[-1]).float(), flat_slots,
+                                            self.index_keys[layer])
+            return
+        keep = flat_slots >= 0
+        rows = flat_slots[keep]
         self.latent[layer][rows] = latent.reshape(-1, latent.shape[-1])[keep].to(self.latent[layer].dtype)
         if index_key is None:
             return
@@ -142,6 +179,52 @@ class PagedKVCache:
         else:
             self.index_keys[layer][rows] = keys.float()
 
+    def index_scores(self, layer: int, q: torch.Tensor, w: torch.Tensor, view: CacheView) -> torch.Tensor:
+        """Indexer scores of queries ``q [B, T, H, D]`` with head weights ``w [B, T, H]`` (fp32,
+        ``n_heads^-0.5`` folded) over every context position: ``[B, T, C]`` fp32 (−inf past each
+        query's own position)."""
+        if self.format != "model":
+            d = q.shape[-1]
+            q8, q_scale = kernels.quant_fp8_per_token_group(q.reshape(-1, d), d, scale_ue8m0=True)
+            w = (w * q_scale.view(w.shape) * d**-0.5).contiguous()
+            lengths = (view.positions + 1).int()  # padding tokens (position −1) see nothing
+            return kernels.indexer_logits_paged(q8.view(q.shape), w, self.index_keys[layer], view.block_table,
+                                                lengths, view.context_slots.shape[1])
+        rows = view.context_slots.clamp_min(0)
+        if layer in self.index_scales:
+            scores = indexer_scores_fp8(q, w, self.index_keys[layer][rows], self.index_scales[layer][rows])
+        else:
+            scores = indexer_scores_exact(q, w, self.index_keys[layer][rows])
+        return scores.masked_fill(~view.causal_mask(), float("-inf"))
+
+    def attend(self, layer: int, query: torch.Tensor, slots: torch.Tensor, sm_scale: float) -> torch.Tensor:
+        """Sparse latent attention of ``query [B, T, H, kv_lora + rope]`` over the cached rows at
+        ``slots [B, T, k]`` (−1 ignored) -> ``[B, T, H, kv_lora]`` latent outputs."""
+        if self.format != "model":
+            out, _ = kernels.sparse_mla_decode(query.to(torch.bfloat16).contiguous(), self.latent[layer],
+                                               slots.int().contiguous(), sm_scale)
+            return out.to(query.dtype)
+        b, t = query.shape[:2]
+        out, _ = kernels.sparse_mla_prefill_model(query.flatten(0, 1), self.latent[layer].to(query.dtype),
+                                                  slots.flatten(0, 1), sm_scale, self.config.kv_lora_rank)
+        return out.view(b, t, *out.shape[1:])
+
+
+def indexer_scores_exact(q: torch.Tensor, w: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
+    """``I(s,t) = Σ_h w_h · ReLU(q_h · k_t · D^-0.5)`` in fp32: ``q [B,T,H,D]``, ``w [B,T,H]``, ``keys [B,C,D]`` -> ``[B,T,C]``."""
+    logits = torch.einsum("bshd,btd->bsht", q.float(), keys.float()) * q.shape[-1] ** -0.5
+    return torch.einsum("bsh,bsht->bst", w, logits.relu())
+
+
+def indexer_scores_fp8(q: torch.Tensor, w: torch.Tensor, k8: torch.Tensor, k_scale: torch.Tensor) -> torch.Tensor:
+    """Production recipe: q per (token, head) e4m3 with a power-of-two scale folded into the head
+    weight, keys e4m3 with one fp32 scale per token: ``I = s_k(t) · Σ_h w'_h · ReLU(q8_h · k8_t)``."""
+    b, t, h, d = q.shape
+    q8, q_scale = kernels.quant_fp8_per_token_group(q.reshape(-1, d), d, scale_ue8m0=True)
+    w = w * q_scale.view(b, t, h) * d**-0.5
+    logits = torch.einsum("bshd,btd->bsht", q8.float().view(b, t, h, d), k8.float()).relu()
+    return torch.einsum("bsh,bsht->bst", w, logits) * k_scale.unsqueeze(1)
+
 
 @dataclass
 class CacheView:
@@ -149,23 +232,27 @@ class CacheView:
 
     ``positions``/``slots`` ``[B, T]``: the new tokens' absolute positions and cache slots (slot −1:
     a padding token, neither stored nor attended to). ``context_slots [B, C]``: the slot of every
-    position ``0..C-1`` of each sequence after this step (−1 past its length).
+    position ``0..C-1`` of each sequence after this step (−1 past its length). ``block_table
+    [B, max_blocks]`` int32: each sequence's blocks (−1 padded), what the paged kernels read.
     """
 
     cache: PagedKVCache
     positions: torch.Tensor
     slots: torch.Tensor
     context_slots: torch.Tensor
+    block_table: torch.Tensor
 
     @classmethod
     def contiguous(cls, config: GLM52Config, batch: int, tokens: int, dtype: torch.dtype,
                    device: torch.device | str) -> CacheView:
-        """A throw-away cache for one causal prefill of ``batch`` sequences of ``tokens`` tokens."""
-        blocks = -(-batch * tokens // BLOCK_SIZE)
-        cache = PagedKVCache(config, max(blocks, 1), dtype, device, shared_storage=True)
-        slots = torch.arange(batch * tokens, device=device).view(batch, tokens)
+        """A throw-away cache for one causal prefill of ``batch`` sequences of ``tokens`` tokens:
+        sequence b owns blocks ``b * n .. b * n + n - 1`` (n blocks hold ``tokens``)."""
+        per_seq = max(-(-tokens // BLOCK_SIZE), 1)
+        cache = PagedKVCache(config, batch * per_seq, dtype, device, shared_storage=True)
+        table = torch.arange(batch * per_seq, dtype=torch.int32, device=device).view(batch, per_seq)
         positions = torch.arange(tokens, device=device).expand(batch, tokens)
-        return cls(cache, positions, slots, slots)
+        slots = table[:, :1].long() * BLOCK_SIZE + positions
+        return cls(cache, positions, slots, slots, table)
 
     @classmethod
     def for_sequences(cls, cache: PagedKVCache, allocator: BlockAllocator, seq_ids: list[int],
@@ -180,7 +267,11 @@ class CacheView:
             length = int(positions[row].max()) + 1
             slots.append(allocator.slots(seq, positions[row]))
             context_slots.append(allocator.slots(seq, torch.where(span < length, span, -1)))
-        return cls(cache, positions, torch.stack(slots), torch.stack(context_slots))
+        tables = [allocator.tables.get(seq, []) for seq in seq_ids]
+        block_table = torch.full((len(seq_ids), max(1, max(map(len, tables)))), -1, dtype=torch.int32)
+        for row, table in enumerate(tables):
+            block_table[row, : len(table)] = torch.tensor(table, dtype=torch.int32)
+        return cls(cache, positions, torch.stack(slots), torch.stack(context_slots), block_table.to(device))
 
     def causal_mask(self) -> torch.Tensor:
         """``[B, T, C]``: query (b, t) may see context position c (c ≤ its position, c stored)."""
