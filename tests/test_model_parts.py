@@ -8,10 +8,10 @@ from model_testing import max_rel_err
 from transformers.models.glm_moe_dsa import modeling_glm_moe_dsa as hf_mod
 
 from glm52 import GLM52Config, GLM52ForCausalLM
-from glm52.attention import Indexer, indexer_scores_fp8
+from glm52.attention import Indexer
 from glm52.checkpoint import init_random_, quantize_fp8_block
 from glm52.kernels import moe_route
-from glm52.kv_cache import CacheView
+from glm52.kv_cache import CacheView, indexer_scores_fp8
 from glm52.layers import rope_cos_sin
 from glm52_ext.reference import dequant_fp8_block, quant_fp8_per_token_group
 

@@ -1,4 +1,5 @@
 // CUDA entry points of the attention family: check, pick the device and stream, launch.
+#include "common/launch_dtype.h"
 #include "attention/attention_checks.h"
 #include "attention/cuda/attention_launch.h"
 
@@ -23,15 +24,6 @@ const T* ptr(const at::Tensor& t) { return static_cast<const T*>(t.const_data_pt
 bool simt_requested(const char* variable) {
   const char* choice = std::getenv(variable);
   return choice != nullptr && std::strcmp(choice, "simt") == 0;
-}
-
-DType launch_dtype(at::ScalarType t) {
-  switch (t) {
-    case at::kFloat: return DType::kFloat32;
-    case at::kHalf: return DType::kFloat16;
-    case at::kBFloat16: return DType::kBFloat16;
-    default: TORCH_CHECK(false, "glm52: no CUDA kernel for dtype ", t);
-  }
 }
 
 void mla_cache_write_cuda(const at::Tensor& kv, const at::Tensor& slots, at::Tensor& cache) {

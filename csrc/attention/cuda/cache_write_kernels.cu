@@ -1,6 +1,7 @@
 // CUDA kernels of the paged cache writes: one warp per token. Memory-bound and small (one token
 // row each); the byte layout and the scale math are attention_cache.h's and quant_fp8.h's, shared
 // with the CPU twins, and e4m3 rounding is the same RNE conversion the quant kernels use.
+#include "common/cuda_convert.cuh"
 #include "attention/attention_cache.h"
 #include "attention/cuda/attention_launch.h"
 
@@ -57,13 +58,6 @@ __global__ void __launch_bounds__(kThreads) mla_cache_write_kernel(MlaCacheWrite
     for (int i = lane; i < kRopeDim; i += 32) rope[i] = row[kValueDim + i];
   }
 }
-
-template <typename T>
-__device__ __forceinline__ float to_float(T v) { return static_cast<float>(v); }
-template <>
-__device__ __forceinline__ float to_float(__half v) { return __half2float(v); }
-template <>
-__device__ __forceinline__ float to_float(__nv_bfloat16 v) { return __bfloat162float(v); }
 
 // Lane l quantizes dims [4l, 4l + 4) of one key; the whole warp is one 128-dim group.
 template <typename T>

@@ -1,5 +1,6 @@
 // CUDA entry points of the MoE family: check, allocate device workspace (stream-ordered caching
 // allocator: no host sync, CUDA-graph safe), pick the stream, launch.
+#include "common/launch_dtype.h"
 #include "moe/cuda/moe_launch.h"
 #include "moe/moe_checks.h"
 
@@ -11,15 +12,6 @@
 
 namespace glm52::moe {
 namespace {
-
-DType launch_dtype(at::ScalarType t) {
-  switch (t) {
-    case at::kFloat: return DType::kFloat32;
-    case at::kHalf: return DType::kFloat16;
-    case at::kBFloat16: return DType::kBFloat16;
-    default: TORCH_CHECK(false, "glm52: no CUDA kernel for dtype ", t);
-  }
-}
 
 void check_int_rows(const char* op, const at::Tensor& a) {
   GLM52_CHECK_ARG(a.numel() / std::max<int64_t>(a.size(-1), 1) <= INT32_MAX, op, "a", "must have fewer than 2^31 rows");

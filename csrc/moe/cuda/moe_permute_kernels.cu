@@ -8,6 +8,7 @@
 //   5. experts: m_indices[r] = segment_row_expert(r, ...), -1 on padding rows.
 // Unpermute: one block per token sums its slots in order in fp32 (round-to-nearest mul, then add,
 // as the CPU twin: bit-identical results).
+#include "common/cuda_convert.cuh"
 #include "moe/cuda/moe_launch.h"
 #include "moe/moe_layout.h"
 
@@ -89,20 +90,6 @@ __global__ void __launch_bounds__(kThreads) moe_permute_experts_kernel(PermuteAr
   for (int64_t r = blockIdx.x * int64_t{kThreads} + threadIdx.x; r < a.rows; r += gridDim.x * int64_t{kThreads})
     a.m_indices[r] = segment_row_expert(r, a.seg_start, a.count, a.num_experts);
 }
-
-template <typename T>
-__device__ __forceinline__ float to_float(T v) { return static_cast<float>(v); }
-template <>
-__device__ __forceinline__ float to_float(__nv_bfloat16 v) { return __bfloat162float(v); }
-template <>
-__device__ __forceinline__ float to_float(__half v) { return __half2float(v); }
-
-template <typename T>
-__device__ __forceinline__ T from_float(float v) { return static_cast<T>(v); }
-template <>
-__device__ __forceinline__ __nv_bfloat16 from_float(float v) { return __float2bfloat16_rn(v); }
-template <>
-__device__ __forceinline__ __half from_float(float v) { return __float2half_rn(v); }
 
 // One block per token; each thread owns VEC consecutive columns at a time (VEC * sizeof(T) = 16
 // bytes on the vector path, 1 on the scalar one).

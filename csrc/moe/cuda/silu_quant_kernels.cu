@@ -4,11 +4,8 @@
 // A scalar kernel takes the shapes and alignments the vector path cannot.
 #include "moe/cuda/moe_launch.h"
 #include "moe/moe_activation.h"
+#include "common/cuda_convert.cuh"
 #include "quant/quant_fp8.h"
-
-#include <cuda_bf16.h>
-#include <cuda_fp16.h>
-#include <cuda_fp8.h>
 
 #include <algorithm>
 
@@ -20,32 +17,6 @@ using quant::QuantTeamPlan;
 
 constexpr int kThreads = 256;
 constexpr int64_t kMaxBlocks = 8192;  // grid-stride loops cover the rest
-
-template <typename T>
-__device__ __forceinline__ float to_float(T v) { return static_cast<float>(v); }
-template <>
-__device__ __forceinline__ float to_float(__nv_bfloat16 v) { return __bfloat162float(v); }
-template <>
-__device__ __forceinline__ float to_float(__half v) { return __half2float(v); }
-
-// Round-to-nearest-even e4m3 of one value (already clamped to the e4m3 range).
-__device__ __forceinline__ uint8_t e4m3(float v) { return __nv_cvt_float_to_fp8(v, __NV_SATFINITE, __NV_E4M3); }
-
-__device__ __forceinline__ uint32_t e4m3x2(float a, float b) {
-  return __nv_cvt_float2_to_fp8x2(make_float2(a, b), __NV_SATFINITE, __NV_E4M3);
-}
-
-// Stores E (4 or 8) codes with one 4- or 8-byte store, packed in registers (no local array).
-template <int E>
-__device__ __forceinline__ void store_e4m3(uint8_t* dst, const float* v) {
-  if constexpr (E == 8) {
-    *reinterpret_cast<uint2*>(dst) =
-        make_uint2(e4m3x2(v[0], v[1]) | e4m3x2(v[2], v[3]) << 16, e4m3x2(v[4], v[5]) | e4m3x2(v[6], v[7]) << 16);
-  } else {
-    static_assert(E == 4, "16-byte vectors hold 4 or 8 elements");
-    *reinterpret_cast<uint32_t*>(dst) = e4m3x2(v[0], v[1]) | e4m3x2(v[2], v[3]) << 16;
-  }
-}
 
 // SwiGLU of the E elements of vector i owned by this lane (16-byte loads of gate and up).
 template <typename T, int E>

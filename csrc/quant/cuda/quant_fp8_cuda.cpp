@@ -1,4 +1,5 @@
 // CUDA entry points of the quantization family: check, pick the stream, launch.
+#include "common/launch_dtype.h"
 #include "quant/cuda/quant_fp8_launch.h"
 #include "quant/quant_checks.h"
 
@@ -9,15 +10,6 @@
 
 namespace glm52::quant {
 namespace {
-
-DType launch_dtype(at::ScalarType t) {
-  switch (t) {
-    case at::kFloat: return DType::kFloat32;
-    case at::kHalf: return DType::kFloat16;
-    case at::kBFloat16: return DType::kBFloat16;
-    default: TORCH_CHECK(false, "glm52: no CUDA kernel for dtype ", t);
-  }
-}
 
 void quant_fp8_per_token_group_out_cuda(const at::Tensor& x, int64_t group_size, bool scale_ue8m0,
                                         at::Tensor& out, at::Tensor& out_scale) {

@@ -3,11 +3,8 @@
 // and stores from the same registers. Shapes or alignments the vector path cannot take go to a
 // scalar kernel with the same results. The math is quant_fp8.h's, shared with the CPU twins.
 #include "quant/cuda/quant_fp8_launch.h"
+#include "common/cuda_convert.cuh"
 #include "quant/quant_fp8.h"
-
-#include <cuda_bf16.h>
-#include <cuda_fp16.h>
-#include <cuda_fp8.h>
 
 #include <algorithm>
 
@@ -16,45 +13,6 @@ namespace {
 
 constexpr int kThreads = 256;
 constexpr int64_t kMaxBlocks = 8192;  // grid-stride loops cover the rest
-
-template <typename T>
-__device__ __forceinline__ float to_float(T v);
-template <>
-__device__ __forceinline__ float to_float(float v) { return v; }
-template <>
-__device__ __forceinline__ float to_float(__half v) { return __half2float(v); }
-template <>
-__device__ __forceinline__ float to_float(__nv_bfloat16 v) { return __bfloat162float(v); }
-
-template <typename T>
-__device__ __forceinline__ T from_float(float v);
-template <>
-__device__ __forceinline__ float from_float(float v) { return v; }
-template <>
-__device__ __forceinline__ __half from_float(float v) { return __float2half_rn(v); }
-template <>
-__device__ __forceinline__ __nv_bfloat16 from_float(float v) { return __float2bfloat16_rn(v); }
-
-// Round-to-nearest-even e4m3 (values are pre-clamped; SATFINITE only guards the edges).
-__device__ __forceinline__ uint32_t e4m3x2(float a, float b) {
-  return __nv_cvt_float2_to_fp8x2(make_float2(a, b), __NV_SATFINITE, __NV_E4M3);
-}
-
-__device__ __forceinline__ float e4m3_to_float(uint8_t code) {
-  return __half2float(__half(__nv_cvt_fp8_to_halfraw(code, __NV_E4M3)));
-}
-
-// Stores E (4 or 8) e4m3 codes with one 4- or 8-byte store.
-template <int E>
-__device__ __forceinline__ void store_e4m3(uint8_t* dst, const float* v) {
-  if constexpr (E == 8) {
-    *reinterpret_cast<uint2*>(dst) =
-        make_uint2(e4m3x2(v[0], v[1]) | e4m3x2(v[2], v[3]) << 16, e4m3x2(v[4], v[5]) | e4m3x2(v[6], v[7]) << 16);
-  } else {
-    static_assert(E == 4, "16-byte vectors hold 4 or 8 elements");
-    *reinterpret_cast<uint32_t*>(dst) = e4m3x2(v[0], v[1]) | e4m3x2(v[2], v[3]) << 16;
-  }
-}
 
 // One team of plan.lanes lanes per group; each lane holds up to VECS 16-byte vectors.
 template <typename T, int VECS>
@@ -118,7 +76,7 @@ __global__ void __launch_bounds__(kThreads) quant_fp8_group_scalar_kernel(QuantF
     if (lane == 0) a.scale[span.row * ceil_div(a.cols, a.group_size) + span.group] = scale;
     uint8_t* qg = a.q + span.row * a.cols + span.col0;
     for (int64_t i = lane; i < span.len; i += 32)
-      qg[i] = __nv_cvt_float_to_fp8(scaled_for_e4m3(to_float(xg[i]), scale), __NV_SATFINITE, __NV_E4M3);
+      qg[i] = e4m3(scaled_for_e4m3(to_float(xg[i]), scale));
   }
 }
 

@@ -1,5 +1,6 @@
 // CUDA entry points of the speculative verification family: check, allocate the workspace from
 // the caching allocator (CUDA-graph safe), pick the stream, launch. No host synchronization.
+#include "common/launch_dtype.h"
 #include "spec/cuda/spec_verify_launch.h"
 #include "spec/spec_checks.h"
 
@@ -11,15 +12,6 @@
 
 namespace glm52::spec {
 namespace {
-
-DType launch_dtype(at::ScalarType t) {
-  switch (t) {
-    case at::kFloat: return DType::kFloat32;
-    case at::kHalf: return DType::kFloat16;
-    case at::kBFloat16: return DType::kBFloat16;
-    default: TORCH_CHECK(false, "glm52: no CUDA kernel for dtype ", t);
-  }
-}
 
 int sm_count() { return at::cuda::getCurrentDeviceProperties()->multiProcessorCount; }
 
