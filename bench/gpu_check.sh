@@ -4,7 +4,10 @@
 #
 #   bash bench/gpu_check.sh OUT_DIR
 #
-# Wheels the machine lacks (nvidia-cutlass, ...) may be put in .whl/; they are installed first.
+# Wheels the machine lacks may be put in .whl/; they are installed first. The lent H200 image has
+# torch 2.11 (cu130), nvcc 13.0, cmake, ninja, pytest, safetensors and tqdm, but not CUTLASS:
+#   pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+#       --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 -d .whl nvidia-cutlass==4.2.0.0
 set -uo pipefail
 out=${1:?usage: bench/gpu_check.sh OUT_DIR}
 mkdir -p "$out"
