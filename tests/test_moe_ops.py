@@ -71,6 +71,18 @@ def shapes_for(device):
 
 
 @pytest.mark.parametrize("device", DEVICES)
+def test_grouped_gemm_contiguous_with_no_local_expert_writes_zeros(device):
+    """An expert-parallel rank that owns no expert (E = 0): every row is padding, written as zeros."""
+    a, a_scale = fp8_activations((70, 256), gen(3))
+    b, b_scale = fp8_weights(0, 128, 256, gen(4))
+    m_indices = torch.full((70,), -1, dtype=torch.int32)
+    out = poisoned((70, 128), torch.bfloat16, device)
+    ops.fp8_grouped_gemm_contiguous(a.to(device), a_scale.to(device), b.to(device), b_scale.to(device),
+                                    m_indices.to(device), out=out)
+    assert (out.cpu() == 0).all()
+
+
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize(
     "counts",
     [[5, 0, 130, 1], [0, 0, 0, 0], [300, 0, 0], [1], [128, 127, 129, 0, 2, 0, 0, 3]],

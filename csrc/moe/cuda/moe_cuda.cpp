@@ -26,7 +26,7 @@ void run_grouped_gemm(const char* op, GroupedLayout layout, const at::Tensor& a,
   const int64_t groups = b.dim() == 3 ? b.size(0) : 1, n = b.size(-2), k = b.size(-1);
   const int64_t m = layout == GroupedLayout::kMasked ? a.size(1) : a.size(0);
   if (out.numel() == 0) return;
-  if (k == 0) {  // no K block to accumulate: every computed row is zero
+  if (k == 0 || groups == 0) {  // nothing to accumulate (or no local expert): every row is zero
     out.zero_();
     return;
   }
