@@ -26,7 +26,9 @@ def random_query(s: int, h: int, g: torch.Generator):
 def assert_logits_close(got: torch.Tensor, want: torch.Tensor):
     """Same −inf pattern; finite values within fp32 accumulation error of the fp64 reference (on GPUs,
     within the FP8 tensor cores' accumulation error)."""
-    tol = 1e-5 if got.device.type == "cpu" else 1e-4
+    # Hopper's FP8 wgmma keeps ~13-14 mantissa bits while it accumulates a K step (DeepSeek-V3 §3.3);
+    # emulating that on this test's data gave errors up to 1.4e-4 of the row scale.
+    tol = 1e-5 if got.device.type == "cpu" else 3e-4
     got = got.cpu()
     assert torch.equal(torch.isneginf(got), torch.isneginf(want))
     finite = torch.isfinite(want)

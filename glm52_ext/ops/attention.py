@@ -29,9 +29,12 @@ vector loads, so ``q``, ``q8``, ``kv``, ``k8``, the caches and ``out`` must star
 (any fresh tensor does).
 
 CUDA kernels (sm_90a): sparse MLA runs on tensor cores (HGMMA; heads padded to 64 inside the
-kernel only; FP8 cache rows are dequantized to BF16 in shared memory, so FP8 results carry one
-extra BF16 rounding of the keys); indexer logits run on tensor cores (QGMMA) for 32 or 64 heads and
-on an fp32 SIMT kernel otherwise; top-k is a one-CTA-per-row radix select. Setting
+kernel only). Its roundings beyond the fp32 reference: P is rounded to BF16 before P·V (the
+softmax sum keeps fp32 P; each output element may move by 2^-8 Σ p|v| / Σ p), and FP8 cache rows
+are dequantized to BF16 in shared memory (one extra BF16 rounding of the keys, which large scores
+amplify). Indexer logits run on tensor cores (QGMMA) for 32 or 64 heads, where Hopper's FP8 MMA
+keeps ~13-14 mantissa bits while accumulating each K step, and on an fp32 SIMT kernel otherwise;
+top-k is a one-CTA-per-row radix select (identical on every device for the same logits). Setting
 ``GLM52_SPARSE_MLA_KERNEL=simt`` or ``GLM52_INDEXER_KERNEL=simt`` selects the fp32 SIMT kernels
 instead (a cross-check). No op synchronizes with the host; all are CUDA-graph safe.
 """
@@ -103,7 +106,8 @@ def indexer_logits(
     """Lightning-indexer logits for ragged prefill: ``[S, L]`` fp32.
 
     ``I[s, t] = k_scale[t] * Σ_h weights[s, h] * ReLU(q8[s, h] · k8[t])`` for ``ks[s] <= t < ke[s]``
-    (clamped to ``[0, L)``), ``-inf`` elsewhere. Dots of e4m3 values accumulate in fp32.
+    (clamped to ``[0, L)``), ``-inf`` elsewhere. Dots of e4m3 values accumulate in fp32 (see the
+    module docstring for the tensor-core path).
 
     Parameters
     ----------

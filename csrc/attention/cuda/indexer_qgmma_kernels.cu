@@ -71,6 +71,10 @@ __device__ void load_key_tile(const Keys& keys, QgmmaSmem& sm, int64_t seq, int6
 template <typename Keys>
 __global__ void __launch_bounds__(kThreads, 1) indexer_logits_qgmma_kernel(IndexerLogitsArgs a) {
   extern __shared__ __align__(1024) uint8_t smem_raw[];
+  // The 128-byte swizzle and the GMMA descriptors use absolute shared addresses, so the tiles need
+  // a 1024-byte aligned base; __align__ on dynamic shared memory does not promise it (it holds while
+  // the kernel has no static shared memory). Fail loudly rather than compute garbage.
+  if (threadIdx.x == 0 && (__cvta_generic_to_shared(smem_raw) & 1023) != 0) __trap();
   QgmmaSmem& sm = *reinterpret_cast<QgmmaSmem*>(smem_raw);
   const Keys keys{a};
   const int heads = static_cast<int>(a.heads);

@@ -124,6 +124,10 @@ __device__ __forceinline__ float quad_sum(float v) {
 
 __global__ void __launch_bounds__(kThreads, 1) sparse_mla_hgmma_kernel(SparseMlaArgs a) {
   extern __shared__ __align__(1024) uint8_t smem_raw[];
+  // The 128-byte swizzle and the GMMA descriptors use absolute shared addresses, so the tiles need
+  // a 1024-byte aligned base; __align__ on dynamic shared memory does not promise it (it holds while
+  // the kernel has no static shared memory). Fail loudly rather than compute garbage.
+  if (threadIdx.x == 0 && (__cvta_generic_to_shared(smem_raw) & 1023) != 0) __trap();
   HgmmaSmem& sm = *reinterpret_cast<HgmmaSmem*>(smem_raw);
   const int wg = threadIdx.x / 128, wg_tid = threadIdx.x % 128;
   const int64_t row = blockIdx.x, h0 = int64_t{blockIdx.y} * kHeads;
