@@ -67,8 +67,8 @@ def mla_cache_write(kv: torch.Tensor, slots: torch.Tensor, cache: torch.Tensor) 
     cache : torch.Tensor
         uint8 ``[num_blocks, 64, 1152]`` (BF16 format: the bytes of ``kv``) or
         ``[num_blocks, 64, 656]`` (FP8 format: ``c_kv`` quantized per 128 dims), contiguous; the
-        format is the last dim (module docstring). Two tokens with the same slot: unspecified which
-        one wins.
+        format is the last dim (module docstring). Two tokens with the same slot: the row is unspecified
+        (on CUDA it may mix parts of both).
     """
     torch.ops.glm52.mla_cache_write(kv, slots, cache)
 
