@@ -9,7 +9,7 @@ import torch
 from glm52 import GLM52Config, GLM52ForCausalLM, synthetic
 from glm52.checkpoint import init_random_
 from glm52.engine import Engine, SamplingParams
-from glm52.kv_cache import BlockAllocator, CacheFullError
+from glm52.kv_cache import BlockAllocator, CacheFullError, PagedKVCache
 
 
 def random_model(seed: int = 0, **overrides) -> GLM52ForCausalLM:
@@ -117,8 +117,7 @@ def test_eos_stops_a_sequence_and_caches_do_not_leak():
 
 def test_cache_too_small_is_a_clear_error_and_releases_everything():
     model = random_model(0)
-    engine = Engine(model, cache_bytes=2 * Engine(model).cache.bytes_per_block(model.config, torch.float32),
-                    spec_steps=1)
+    engine = Engine(model, cache_bytes=2 * PagedKVCache.bytes_per_block(model.config, torch.float32), spec_steps=1)
     with pytest.raises(CacheFullError, match="more blocks"):
         engine.generate(prompts(model.config, (100, 90)), 4)
     assert engine.allocator.num_free == engine.allocator.num_blocks

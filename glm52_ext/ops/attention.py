@@ -43,6 +43,8 @@ from __future__ import annotations
 
 import torch
 
+from ._outputs import functional_or_out
+
 __all__ = [
     "indexer_cache_write",
     "indexer_logits",
@@ -235,12 +237,7 @@ def sparse_mla_prefill(
     -------
     (out, lse) : ``[S, H, 512]`` bfloat16 and ``[S, H]`` float32.
     """
-    if out is None and lse is None:
-        return torch.ops.glm52.sparse_mla_prefill(q, kv, indices, sm_scale)
-    if out is None or lse is None:
-        raise ValueError("sparse_mla_prefill: pass both 'out' and 'lse', or neither")
-    torch.ops.glm52.sparse_mla_prefill_out(q, kv, indices, sm_scale, out=out, lse=lse)
-    return out, lse
+    return functional_or_out("sparse_mla_prefill", (q, kv, indices, sm_scale), out=out, lse=lse)
 
 
 def sparse_mla_decode(
@@ -271,12 +268,7 @@ def sparse_mla_decode(
     out, lse : torch.Tensor, optional
         Preallocated ``[B, sq, H, 512]`` bfloat16 and ``[B, sq, H]`` float32, both or neither.
     """
-    if out is None and lse is None:
-        return torch.ops.glm52.sparse_mla_decode(q, cache, indices, sm_scale)
-    if out is None or lse is None:
-        raise ValueError("sparse_mla_decode: pass both 'out' and 'lse', or neither")
-    torch.ops.glm52.sparse_mla_decode_out(q, cache, indices, sm_scale, out=out, lse=lse)
-    return out, lse
+    return functional_or_out("sparse_mla_decode", (q, cache, indices, sm_scale), out=out, lse=lse)
 
 
 # Fake (meta) implementations: shapes and dtypes only, for torch.compile. Mutating ops return nothing.

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import torch
 
+from ._outputs import functional_or_out
+
 from ..reference.moe import permuted_rows_bound
 from ..reference.quant import ceil_div
 
@@ -245,12 +247,7 @@ def silu_and_mul_quant_fp8(
     :func:`~glm52_ext.ops.quant_fp8_per_token_group`'s math on h: returns e4m3 ``[M, N]`` and
     float32 scales ``[M, ceil(N / group_size)]`` (``scale_ue8m0``: powers of two).
     """
-    if out is None and out_scale is None:
-        return torch.ops.glm52.silu_and_mul_quant_fp8(x, group_size, scale_ue8m0)
-    if out is None or out_scale is None:
-        raise ValueError("silu_and_mul_quant_fp8: pass both 'out' and 'out_scale', or neither")
-    torch.ops.glm52.silu_and_mul_quant_fp8_out(x, group_size, scale_ue8m0, out=out, out_scale=out_scale)
-    return out, out_scale
+    return functional_or_out("silu_and_mul_quant_fp8", (x, group_size, scale_ue8m0), out=out, out_scale=out_scale)
 
 
 # Composites: the FP8 MoE layer built from the ops above (what the model's MoE layers run).

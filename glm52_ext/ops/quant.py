@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import torch
 
+from ._outputs import functional_or_out
+
 from ..reference.quant import ceil_div
 
 __all__ = ["quant_fp8_per_token_group", "dequant_fp8_block"]
@@ -41,12 +43,7 @@ def quant_fp8_per_token_group(
         ``q = e4m3_rne(clamp(x / scale, -448, 448))``, bit-identical to
         :func:`glm52_ext.reference.quant_fp8_per_token_group` on every device.
     """
-    if out is None and out_scale is None:
-        return torch.ops.glm52.quant_fp8_per_token_group(x, group_size, scale_ue8m0)
-    if out is None or out_scale is None:
-        raise ValueError("quant_fp8_per_token_group: pass both 'out' and 'out_scale', or neither")
-    torch.ops.glm52.quant_fp8_per_token_group_out(x, group_size, scale_ue8m0, out=out, out_scale=out_scale)
-    return out, out_scale
+    return functional_or_out("quant_fp8_per_token_group", (x, group_size, scale_ue8m0), out=out, out_scale=out_scale)
 
 
 def dequant_fp8_block(
