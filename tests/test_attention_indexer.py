@@ -3,7 +3,6 @@ the FP8 indexer's selections against the exact indexer's."""
 
 from __future__ import annotations
 
-import math
 
 import pytest
 import torch

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 
 import pytest
-import torch
 from test_engine import bigram_model, plain_greedy
 
 from glm52.checkpoint import save_checkpoint
