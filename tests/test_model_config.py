@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import json
+import warnings
 
 import pytest
 import torch
 import transformers
+from published_checkpoints import glm5_config, glm52_config, nvfp4_config
 
-from glm52 import GLM52Config, GLM52ForCausalLM
+from glm52 import GLM52Config, GLM52ForCausalLM, kernels
+from glm52.cli import main
+from glm52.config import KNOWN_NON_ARCHITECTURE_FIELDS, UnknownConfigFieldWarning
+from glm52.layers import Router
 
 
 @pytest.mark.parametrize("kwargs", [
@@ -58,7 +63,14 @@ def test_full_presets_build_on_meta_with_the_published_count():
 
 @pytest.mark.parametrize("field,value,message", [
     ("num_key_value_heads", 2, "num_key_value_heads"),
-    ("unknown_knob", 1, "unknown_knob"),
+    ("sliding_window", 4096, "sliding_window"),  # unknown, and its name says it may change the math
+    ("rope_parameters", {"rope_type": "default", "rope_theta": 1e4, "partial_rotary_factor": 0.5},
+     "partial_rotary_factor"),
+    ("moe_layer_freq", 2, "moe_layer_freq"),
+    ("num_experts", 16, "disagree"),  # transformers re-routes it to n_routed_experts (8 here)
+    ("moe_router_dtype", "float16", "'moe_router_dtype' is 'float16'"),
+    ("quantization_config", {"quant_method": "fp8", "fmt": "e5m2"}, "fmt 'e5m2' is not supported"),
+    ("quantization_config", {"quant_method": "fp8", "kv_cache_scheme": {"num_bits": 8}}, "kv_cache_scheme"),
     ("n_group", 3, "n_group"),
     ("rope_parameters", {"rope_type": "yarn", "factor": 4.0, "rope_theta": 1e4}, "rope_type"),
     ("indexer_types", ["full", "shared", "shared", "shared"], "indexer_types"),
@@ -83,3 +95,93 @@ def test_preset_errors():
         GLM52Config.preset("glm-4")
     with pytest.raises(ValueError, match="indexer_precision"):
         GLM52Config.preset("tiny", indexer_precision="int8")
+
+
+def _write(tmp_path, config: dict):
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    return tmp_path
+
+
+def _load_without_warnings(path) -> GLM52Config:
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        return GLM52Config.from_pretrained(path)
+
+
+@pytest.mark.parametrize("release,preset", [
+    ("GLM-5.2-FP8", "glm-5.2"), ("GLM-5.2", "glm-5.2"), ("GLM-5.1-FP8", "glm-5.1"), ("GLM-5.1", "glm-5.1"),
+    ("GLM-5-FP8", "glm-5"), ("GLM-5", "glm-5"),
+])
+def test_published_configs_load_unchanged(tmp_path, release, preset):
+    fp8 = release.endswith("FP8")
+    d = glm52_config(fp8=fp8) if release.startswith("GLM-5.2") else glm5_config(fp8=fp8)
+    config = _load_without_warnings(_write(tmp_path, d))
+    assert config.replace(quantization_config=None) == GLM52Config.preset(preset)
+    assert (config.quantization_config is not None) == fp8
+    assert main(["plan", "--config", str(tmp_path), "--json"]) == 0
+
+
+@pytest.mark.parametrize("version", ["5.11", "5.24"])
+def test_transformers_spellings_load(tmp_path, version):
+    """What GlmMoeDsaConfig writes in full (use_diff=False), and 5.11's names for the same facts."""
+    d = json.loads(transformers.GlmMoeDsaConfig(num_hidden_layers=6, index_topk_freq=2).to_json_string(use_diff=False))
+    if version == "5.11":
+        d.update(layer_types=["deepseek_sparse_attention"] * 6, num_experts=d.pop("n_routed_experts"),
+                 transformers_version="5.11.0")
+    config = _load_without_warnings(_write(tmp_path, d))
+    assert config.n_routed_experts == 256 and config.bos_token_id == 0
+    assert config.indexer_types == ("full", "full", "shared", "full", "shared", "full")
+
+
+def test_unknown_fields_without_architecture_information_warn(tmp_path):
+    d = glm52_config(fp8=True)
+    d.update(release_notes="https://z.ai", use_sliding_window=False, sliding_window=None)
+    d["quantization_config"]["kv_cache_scheme"] = None
+    with pytest.warns(UnknownConfigFieldWarning) as record:
+        config = GLM52Config.from_pretrained(_write(tmp_path, d))
+    named = sorted(str(w.message).split("'")[1] for w in record)
+    assert named == ["kv_cache_scheme", "release_notes", "sliding_window", "use_sliding_window"]
+    assert config.hidden_size == 6144
+    assert all(source for source in KNOWN_NON_ARCHITECTURE_FIELDS.values())
+
+
+def test_unsupported_quantization_is_one_clear_line(tmp_path):
+    with pytest.raises(ValueError) as e:
+        GLM52Config.from_pretrained(_write(tmp_path, nvfp4_config()))
+    message = str(e.value)
+    assert "\n" not in message and len(message) < 400
+    assert "'modelopt' (NVFP4) is not supported" in message
+    assert all(name in message for name in ("zai-org/GLM-5.2-FP8", "zai-org/GLM-5.2,", "zai-org/GLM-5-FP8"))
+    assert main(["plan", "--config", str(tmp_path)]) == 2
+
+
+@pytest.mark.parametrize("field,value,message", [
+    ("layer_types", ["deepseek_sparse_attention"] * 77 + ["sliding_attention"], "holding ['sliding_attention']"),
+    ("layer_types", ["indexed_attention"] * 77, "'indexed_attention', ...] (77 entries)"),
+    ("mlp_layer_types", ["dense"] * 4 + ["sparse"] * 74, "entry 3 is 'dense', expected 'sparse' (1 of 78"),
+    ("indexer_types", ["full"] * 78, "entry 3 is 'full', expected 'shared' (57 of 78"),
+])
+def test_long_lists_are_summarized_in_errors(tmp_path, field, value, message):
+    d = glm52_config(fp8=True)
+    d[field] = value
+    with pytest.raises(ValueError) as e:
+        GLM52Config.from_pretrained(_write(tmp_path, d))
+    assert message in str(e.value) and len(str(e.value)) < 400
+
+
+def test_moe_router_dtype_sets_the_router_gemm_dtype(monkeypatch):
+    g = torch.Generator().manual_seed(0)
+    x, w = torch.randn(5, 128, generator=g), torch.randn(8, 128, generator=g)
+    captured = []
+    monkeypatch.setattr(kernels, "moe_route", lambda logits, *args, _op=kernels.moe_route: (
+        captured.append(logits), _op(logits, *args))[1])
+    for dtype in ("float32", "bfloat16"):
+        config = GLM52Config.preset("tiny").replace(hidden_size=128, n_routed_experts=8, moe_router_dtype=dtype)
+        router = Router(config)
+        router.weight.data, router.e_score_correction_bias = w, torch.zeros(8)
+        router(x)
+    fp32, bf16 = captured
+    assert fp32.dtype == bf16.dtype == torch.float32  # sigmoid and selection stay fp32
+    assert torch.equal(fp32, x @ w.T)
+    assert torch.equal(bf16, (x.bfloat16() @ w.bfloat16().T).float())
+    assert not torch.equal(bf16, fp32)

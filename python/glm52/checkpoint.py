@@ -24,8 +24,9 @@ from .loader import FP8_BLOCK, INDEX_FILE, SCALE_SUFFIX, _weight_map, checkpoint
 FP8_MAX = 448.0
 QUANTIZATION_CONFIG = {"quant_method": "fp8", "fmt": "e4m3", "activation_scheme": "dynamic",
                        "weight_block_size": [FP8_BLOCK, FP8_BLOCK]}
-# Stay high precision in the FP8 release (DESIGN §2.2): embeddings, lm_head, norms, router, indexer head weights.
-_KEEP_HIGH_PRECISION = re.compile(r"(embed_tokens|lm_head|norm|mlp\.gate\.|indexer\.weights_proj)")
+# Stay high precision in the FP8 release (DESIGN §2.2): embeddings, lm_head, norms, router, indexer head
+# weights, and the MTP layer's eh_proj (zai-org/GLM-5.2-FP8 lists it in modules_to_not_convert, stores it BF16).
+_KEEP_HIGH_PRECISION = re.compile(r"(embed_tokens|lm_head|norm|mlp\.gate\.|indexer\.weights_proj|eh_proj)")
 
 
 def fp8_quantizable(name: str, shape: tuple[int, ...]) -> bool:

@@ -1,37 +1,109 @@
 """GLM52Config: the architecture's hyperparameters under their Hugging Face names (DESIGN §2).
 
 ``GLM52Config.from_pretrained(dir)`` reads a ``config.json`` written for transformers'
-``glm_moe_dsa``; ``GLM52Config.preset(name)`` gives the published sizes. Unknown fields and
-settings this implementation does not support raise ``ValueError`` naming the field.
+``glm_moe_dsa`` as published: zai-org/GLM-5.2-FP8, zai-org/GLM-5.2, zai-org/GLM-5.1-FP8,
+zai-org/GLM-5.1, zai-org/GLM-5-FP8, zai-org/GLM-5, and what ``GlmMoeDsaConfig`` of transformers
+5.11 - 5.24 writes. ``GLM52Config.preset(name)`` gives the published sizes.
+
+Every config.json field falls in exactly one class, and the class decides what happens to it:
+
+* **architecture fields** (the dataclass fields, e.g. ``hidden_size``, ``moe_router_dtype``): read
+  and validated; a value this implementation does not run is a ``ValueError`` naming field and value;
+* **fixed fields** (``_FIXED_FIELDS``): one supported value (``hidden_act: silu``, ...); any other
+  value is a different architecture: ``ValueError``;
+* **derived fields** (``_DERIVED_FIELDS``): written next to their sources (``mlp_layer_types``,
+  ``layer_types``, ``qk_head_dim``, the ``num_experts`` alias, RoPE, quantization, ...) and checked
+  against them; a disagreement is a ``ValueError``. ``head_dim`` is ignored: published values (64,
+  192) do not describe the MLA heads;
+* **known non-architecture fields** (``KNOWN_NON_ARCHITECTURE_FIELDS``, each with the release or
+  transformers version that writes it): bookkeeping, training and generation settings; ignored;
+* **anything else** (a field never seen): if its name carries an architecture word (RoPE/scaling,
+  attention/heads/window, quantization, experts/routing, layers, indexer, norms, sizes, MTP, ...:
+  ``_ARCHITECTURE_WORDS``) and its value is not ``null``/``false`` (a feature switched off), it may
+  change the math and is a ``ValueError`` naming field and value; otherwise an
+  :class:`UnknownConfigFieldWarning` names it and loading goes on. When a new release adds such a
+  field, add it to ``KNOWN_NON_ARCHITECTURE_FIELDS`` with its source.
+
+Quantization: only the FP8 releases' format (``quant_method: fp8``, ``fmt: e4m3``, dynamic
+activations, 128x128 weight blocks) is run; any other (NVFP4 by ModelOpt, compressed-tensors, ...)
+is refused in one line naming the format and the checkpoints that load. Error messages summarize
+long lists (first entries, count, offending values) instead of printing all 78 entries.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import re
+import warnings
 from pathlib import Path
 from typing import Any
 
 MODEL_TYPE = "glm_moe_dsa"
 INDEXER_PRECISIONS = ("exact", "fp8")
 FP8_COMPUTE_MODES = ("dequant", "fp8")
+MOE_ROUTER_DTYPES = ("float32", "bfloat16")  # the router GEMM's dtype; the published releases say float32
+SUPPORTED_CHECKPOINTS = ("zai-org/GLM-5.2-FP8", "zai-org/GLM-5.2", "zai-org/GLM-5.1-FP8", "zai-org/GLM-5.1",
+                         "zai-org/GLM-5-FP8", "zai-org/GLM-5")
 
-# config.json fields that carry no architecture information for us (bookkeeping, training,
-# generation defaults) or that are derived and checked for consistency in ``_check_derived``.
-_IGNORED_FIELDS = {
-    "architectures", "transformers_version", "dtype", "torch_dtype", "use_cache",
-    "initializer_range", "output_router_logits", "head_dim", "auto_map", "ep_size",
-    "moe_layer_freq", "pretraining_tp", "attention_dropout", "router_aux_loss_coef",
-    "aux_loss_alpha", "seq_aux", "num_experts",
+
+class UnknownConfigFieldWarning(UserWarning):
+    """A config.json field never seen before whose name carries no architecture information."""
+
+
+_TF = "transformers PreTrainedConfig (5.x) to_dict"
+# config.json fields that carry no architecture information for us, with where they come from.
+KNOWN_NON_ARCHITECTURE_FIELDS = {
+    "architectures": "every release (GlmMoeDsaForCausalLM)",
+    "transformers_version": "every release; transformers save_pretrained",
+    "dtype": "GLM-5/5.1/5.2 releases (bfloat16); the loader follows the stored tensor dtypes",
+    "torch_dtype": "transformers 4.x spelling of dtype",
+    "use_cache": "GLM-5/5.1/5.2 releases; GlmMoeDsaConfig",
+    "initializer_range": "GLM-5/5.1/5.2 releases; GlmMoeDsaConfig (training only)",
+    "attention_dropout": "GLM-5/5.1/5.2 releases (0.0); GlmMoeDsaConfig (training only)",
+    "output_router_logits": "GlmMoeDsaConfig 5.11-5.24 (training only)",
+    "ep_size": "GLM-5/5.1/5.2 releases (1); a parallelism hint of DeepSeek's remote code",
+    "head_dim": "GLM-5 (64) and GLM-5.2 (192) releases; GlmMoeDsaConfig resets it to qk_rope_head_dim",
+    "auto_map": "remote-code checkpoints (DeepSeek-V3 style)",
+    "pretraining_tp": "Llama-derived configs (training only)",
+    "router_aux_loss_coef": "MoE configs (training loss only)",
+    "aux_loss_alpha": "DeepSeek-V3 remote-code config (training loss only)",
+    "seq_aux": "DeepSeek-V3 remote-code config (training loss only)",
+    "_name_or_path": _TF,
+    "output_hidden_states": _TF,
+    "output_attentions": _TF,
+    "return_dict": _TF,
+    "chunk_size_feed_forward": _TF + " (0: no chunking; same result)",
+    "is_encoder_decoder": _TF,
+    "id2label": _TF,
+    "label2id": _TF,
+    "problem_type": _TF,
 }
 _DERIVED_FIELDS = {"qk_head_dim", "mlp_layer_types", "layer_types", "rope_parameters", "rope_theta",
-                   "rope_scaling", "quantization_config", "model_type"}
+                   "rope_scaling", "quantization_config", "model_type", "num_experts", "num_local_experts"}
 # Fields that must hold one particular value: anything else is a different architecture.
 _FIXED_FIELDS = {
     "hidden_act": "silu", "scoring_func": "sigmoid", "topk_method": "noaux_tc",
     "attention_bias": False, "mlp_bias": False, "tie_word_embeddings": False,
-    "rope_interleave": True, "indexer_rope_interleave": True,
+    "rope_interleave": True, "indexer_rope_interleave": True, "moe_layer_freq": 1,
 }
+# transformers 5.23+ writes "indexed_attention", 5.11 - 5.22 "deepseek_sparse_attention": both mean MLA + DSA.
+_LAYER_TYPES = ("indexed_attention", "deepseek_sparse_attention")
+# Words in a field name that say it may change the math (matched against its "_"-separated words).
+_ARCHITECTURE_WORDS = frozenset("""
+    rope rotary yarn ntk theta scaling position positions partial
+    attn attention head heads kv qk nope lora window sliding sink sinks softcap logit logits
+    quant quantization quantize quantized fp8 fp4 nvfp4 mxfp4 int4 int8 bits dtype
+    expert experts moe router routed routing topk group groups gate shared
+    layer layers index indexer dsa sparse dense
+    norm layernorm eps epsilon hidden intermediate vocab dim size mlp ffn act activation swiglu clamp limit
+    mtp nextn hc mhc tie bias embed embedding embeddings scale ratio freq factor linear conv kpool compress
+""".split())
+# The FP8 releases' quantization_config; ``modules_to_not_convert`` (GLM-5.x-FP8) / ``ignored_layers``
+# (vLLM) only name modules kept high precision: the loader trusts the companion tensors (DESIGN §2.2).
+_FP8_QUANTIZATION = {"quant_method": "fp8", "fmt": "e4m3", "activation_scheme": "dynamic",
+                     "weight_block_size": [128, 128]}
+_QUANTIZATION_INFO_FIELDS = ("modules_to_not_convert", "ignored_layers")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -56,6 +128,7 @@ class GLM52Config:
     topk_group: int = 1
     norm_topk_prob: bool = True
     routed_scaling_factor: float = 2.5
+    moe_router_dtype: str = "float32"
     index_n_heads: int = 32
     index_head_dim: int = 128
     index_topk: int = 2048
@@ -107,6 +180,7 @@ class GLM52Config:
     # ---- construction -----------------------------------------------------------------------
     @classmethod
     def from_dict(cls, d: dict[str, Any], **overrides: Any) -> GLM52Config:
+        """A config.json's fields (see the module docstring for what each class of field does)."""
         d = dict(d)
         model_type = d.get("model_type", MODEL_TYPE)
         if model_type != MODEL_TYPE:
@@ -116,9 +190,10 @@ class GLM52Config:
                 raise ValueError(f"config field {name!r} must be {want!r} for GLM-5.x (unsupported variant)")
         kwargs: dict[str, Any] = {"rope_theta": _rope_theta(d)}
         names = {f.name for f in dataclasses.fields(cls)} - {"indexer_precision", "fp8_compute", "rope_theta"}
-        unknown = sorted(k for k in d if k not in names | _IGNORED_FIELDS | _DERIVED_FIELDS)
-        if unknown:
-            raise ValueError(f"unknown config field(s) {unknown}: not part of the glm_moe_dsa architecture")
+        _check_unknown([k for k in d if k not in names | KNOWN_NON_ARCHITECTURE_FIELDS.keys() | _DERIVED_FIELDS], d)
+        experts = _expert_count(d)
+        if experts is not None:
+            d["n_routed_experts"] = experts
         for k in names:
             if k in d:
                 v = d[k]
@@ -185,6 +260,12 @@ def _rope_theta(d: dict[str, Any]) -> float:
     if rope_type != "default":
         raise ValueError(f"config field 'rope_parameters.rope_type' is {rope_type!r}; only 'default' RoPE "
                          "(no YaRN/scaling) is supported")
+    for key, value in params.items():
+        # Any other key (factor, partial_rotary_factor, ...) would change the rotation.
+        if key not in ("rope_type", "type", "rope_theta") and value is not None and \
+                not (key == "partial_rotary_factor" and value == 1.0):
+            raise ValueError(f"config field 'rope_parameters.{key}' is {value!r}; only plain RoPE "
+                             "(rope_type and rope_theta) is supported")
     theta = params.get("rope_theta", d.get("rope_theta", 10000.0))
     if "rope_theta" in params and "rope_theta" in d and d["rope_theta"] != params["rope_theta"]:
         raise ValueError(f"config fields 'rope_theta' ({d['rope_theta']}) and 'rope_parameters.rope_theta' "
@@ -192,14 +273,85 @@ def _rope_theta(d: dict[str, Any]) -> float:
     return float(theta)
 
 
+def _short(values: Any, limit: int = 4) -> str:
+    """A list for an error message: whole when short, else its first entries and its length."""
+    if not isinstance(values, (list, tuple)) or len(values) <= limit:
+        return repr(values if not isinstance(values, tuple) else list(values))
+    return "[" + ", ".join(repr(v) for v in values[:limit]) + f", ...] ({len(values)} entries)"
+
+
+def _list_mismatch(got: Any, want: list) -> str:
+    """Where list ``got`` first differs from ``want``, and how many entries differ."""
+    if not isinstance(got, (list, tuple)) or len(got) != len(want):
+        return f"got {_short(got)}, expected {len(want)} entries {_short(want)}"
+    bad = [i for i, (a, b) in enumerate(zip(got, want)) if a != b]
+    return (f"entry {bad[0]} is {got[bad[0]]!r}, expected {want[bad[0]]!r} "
+            f"({len(bad)} of {len(want)} entries differ)")
+
+
+def _architecture_words(name: str) -> set[str]:
+    words = [w for w in re.split(r"[^a-z0-9]+", name.lower()) if w]
+    return (set(words) | {a + b for a, b in zip(words, words[1:])}) & _ARCHITECTURE_WORDS
+
+
+def _check_unknown(fields: list[str], values: dict[str, Any], where: str = "config field") -> None:
+    """Unknown fields: an error if the name says it may change the math and the value does not switch
+    the feature off (null/false); else a warning naming it (module docstring)."""
+    for name in sorted(fields):
+        value = values[name]
+        words = _architecture_words(name)
+        if words and value is not None and value is not False:
+            raise ValueError(f"unknown {where} {name!r} = {_short(value)} may change the architecture "
+                             f"(it names {', '.join(sorted(words))}); glm52 does not implement it")
+        warnings.warn(f"unknown {where} {name!r} ignored: it carries no architecture information glm52 knows of",
+                      UnknownConfigFieldWarning, stacklevel=4)
+
+
+def _expert_count(d: dict[str, Any]) -> int | None:
+    """``n_routed_experts`` or its aliases (transformers: ``num_experts`` re-routes to it,
+    ``num_local_experts`` maps to it); all that are present must agree."""
+    given = {k: d[k] for k in ("n_routed_experts", "num_experts", "num_local_experts") if d.get(k) is not None}
+    if len(set(given.values())) > 1:
+        raise ValueError(f"config fields {given} disagree on the number of routed experts")
+    return next(iter(given.values()), None)
+
+
+def _check_quantization(q: Any) -> None:
+    """Only the FP8 releases' format runs: anything else is one line naming it and what does load."""
+    if q is None:
+        return
+    if not isinstance(q, dict):
+        raise ValueError(f"config field 'quantization_config' must be an object; got {_short(q)}")
+    method = q.get("quant_method", "fp8")
+    if method != "fp8":
+        inner = q.get("quantization") if isinstance(q.get("quantization"), dict) else {}
+        detail = q.get("quant_algo") or inner.get("quant_algo") or q.get("format")
+        name = repr(method) + (f" ({detail})" if detail else "")
+        raise ValueError(f"quantization format {name} is not supported; glm52 loads the FP8 block-scaled and "
+                         f"BF16 releases: {', '.join(SUPPORTED_CHECKPOINTS)}")
+    for key, want in _FP8_QUANTIZATION.items():
+        if key in q and (list(q[key]) if key == "weight_block_size" and isinstance(q[key], (list, tuple))
+                         else q[key]) != want:
+            raise ValueError(f"quantization_config {key} {_short(q[key])} is not supported; the FP8 releases "
+                             f"({', '.join(c for c in SUPPORTED_CHECKPOINTS if c.endswith('FP8'))}) use {want!r}")
+    unknown = [k for k in q if k not in _FP8_QUANTIZATION and k not in _QUANTIZATION_INFO_FIELDS]
+    for key in unknown:  # inside quantization_config every setting may change the math
+        if q[key] is not None and q[key] is not False:
+            raise ValueError(f"unknown quantization_config field {key!r} = {_short(q[key])}: glm52 does not "
+                             "implement it")
+    _check_unknown(unknown, q, "quantization_config field")
+
+
 def _derive_indexer_types(c: GLM52Config) -> list[str]:
     """transformers' ``GlmMoeDsaConfig`` rule: a pattern wins, else freq/offset, else all full."""
     n = c.num_hidden_layers
     if c.index_topk_pattern is not None:
-        bad = set(c.index_topk_pattern) - {"F", "S"}
-        if bad or len(c.index_topk_pattern) != n:
-            raise ValueError(f"config field 'index_topk_pattern' must be {n} characters of 'F'/'S'; "
-                             f"got {c.index_topk_pattern!r}")
+        pattern = c.index_topk_pattern
+        bad = set(pattern) - {"F", "S"}
+        if bad or len(pattern) != n:
+            shown = repr(pattern) if len(pattern) <= 12 else f"{pattern[:8]!r}... ({len(pattern)} characters)"
+            raise ValueError(f"config field 'index_topk_pattern' must be {n} characters of 'F'/'S'; got {shown}"
+                             + (f", holding {sorted(bad)}" if bad else ""))
         return ["full" if ch == "F" else "shared" for ch in c.index_topk_pattern]
     if c.index_topk_freq is None:
         return ["full"] * n
@@ -246,21 +398,20 @@ def _validate(c: GLM52Config) -> None:
                          f"'num_hidden_layers' ({c.num_hidden_layers})")
     types = c.indexer_types
     if len(types) != c.num_hidden_layers or set(types) - {"full", "shared"}:
+        bad = sorted(set(types) - {"full", "shared"})
         raise ValueError(f"config field 'indexer_types' must list 'full'/'shared' for each of the "
-                         f"{c.num_hidden_layers} layers; got {list(types)}")
+                         f"{c.num_hidden_layers} layers; got {_short(types)}" + (f", holding {bad}" if bad else ""))
     if types[0] != "full":
         raise ValueError("config field 'indexer_types': layer 0 must be 'full' (a shared layer reuses the top-k "
                          "of the nearest preceding full layer)")
+    if c.moe_router_dtype not in MOE_ROUTER_DTYPES:
+        raise ValueError(f"config field 'moe_router_dtype' is {c.moe_router_dtype!r}; supported: "
+                         f"{', '.join(map(repr, MOE_ROUTER_DTYPES))}")
     if c.indexer_precision not in INDEXER_PRECISIONS:
         raise ValueError(f"indexer_precision must be one of {INDEXER_PRECISIONS}; got {c.indexer_precision!r}")
     if c.fp8_compute not in FP8_COMPUTE_MODES:
         raise ValueError(f"fp8_compute must be one of {FP8_COMPUTE_MODES}; got {c.fp8_compute!r}")
-    q = c.quantization_config
-    if q is not None:
-        block = list(q.get("weight_block_size", [128, 128]))
-        if q.get("quant_method", "fp8") != "fp8" or block != [128, 128]:
-            raise ValueError(f"config field 'quantization_config' must describe fp8 with weight_block_size "
-                             f"[128, 128]; got {q}")
+    _check_quantization(c.quantization_config)
 
 
 def _check_derived(c: GLM52Config, d: dict[str, Any]) -> None:
@@ -268,18 +419,23 @@ def _check_derived(c: GLM52Config, d: dict[str, Any]) -> None:
     if "qk_head_dim" in d and d["qk_head_dim"] != c.qk_head_dim:
         raise ValueError(f"config field 'qk_head_dim' ({d['qk_head_dim']}) != qk_nope_head_dim + qk_rope_head_dim "
                          f"({c.qk_head_dim})")
-    dense = c.first_k_dense_replace
-    mlp_types = ["dense"] * dense + ["sparse"] * (c.num_hidden_layers - dense)
-    if "mlp_layer_types" in d and list(d["mlp_layer_types"]) != mlp_types:
-        raise ValueError(f"config field 'mlp_layer_types' {d['mlp_layer_types']} disagrees with "
-                         f"first_k_dense_replace={dense} (expected {mlp_types})")
-    if "layer_types" in d and set(d["layer_types"]) != {"indexed_attention"}:
-        raise ValueError(f"config field 'layer_types' must be all 'indexed_attention'; got {d['layer_types']}")
-    if "indexer_types" in d and any(k in d for k in ("index_topk_freq", "index_topk_pattern")):
-        derived = tuple(_derive_indexer_types(c))
-        if derived != c.indexer_types:
-            raise ValueError(f"config field 'indexer_types' {list(c.indexer_types)} disagrees with "
-                             f"index_topk_freq/index_skip_topk_offset/index_topk_pattern (which give {list(derived)})")
+    n, dense = c.num_hidden_layers, c.first_k_dense_replace
+    mlp_types = ["dense"] * dense + ["sparse"] * (n - dense)
+    if d.get("mlp_layer_types") is not None and list(d["mlp_layer_types"]) != mlp_types:
+        raise ValueError(f"config field 'mlp_layer_types' disagrees with first_k_dense_replace={dense}: "
+                         f"{_list_mismatch(d['mlp_layer_types'], mlp_types)}")
+    layer_types = d.get("layer_types")
+    if layer_types is not None:
+        bad = sorted({t for t in layer_types if t not in _LAYER_TYPES}, key=str) if isinstance(layer_types, list) else []
+        if not isinstance(layer_types, list) or len(layer_types) != n or bad:
+            raise ValueError(f"config field 'layer_types' must give one of {list(_LAYER_TYPES)} (MLA with the DSA "
+                             f"indexer) for each of the {n} layers; got {_short(layer_types)}"
+                             + (f", holding {bad}" if bad else ""))
+    if "indexer_types" in d and any(d.get(k) is not None for k in ("index_topk_freq", "index_topk_pattern")):
+        derived = _derive_indexer_types(c)
+        if tuple(derived) != c.indexer_types:
+            raise ValueError(f"config field 'indexer_types' disagrees with index_topk_freq/index_skip_topk_offset/"
+                             f"index_topk_pattern: {_list_mismatch(list(c.indexer_types), derived)}")
 
 
 _GLM5 = dict(

@@ -147,7 +147,11 @@ class MLP(nn.Module):
 
 
 class Router(nn.Module):
-    """``gate.weight [E, hidden]`` and the selection-only ``e_score_correction_bias`` (fp32 buffer)."""
+    """``gate.weight [E, hidden]`` and the selection-only ``e_score_correction_bias`` (fp32 buffer).
+
+    The router GEMM runs in ``config.moe_router_dtype`` (the releases say float32, as transformers
+    computes it); sigmoid, bias and selection always run in fp32.
+    """
 
     def __init__(self, config: GLM52Config) -> None:
         super().__init__()
@@ -157,7 +161,8 @@ class Router(nn.Module):
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         c = self.config
-        logits = F.linear(x.float(), self.weight.float())
+        dtype = getattr(torch, c.moe_router_dtype)
+        logits = F.linear(x.to(dtype), self.weight.to(dtype)).float()
         return kernels.moe_route(logits, self.e_score_correction_bias, c.num_experts_per_tok, c.n_group,
                                  c.topk_group, c.routed_scaling_factor, c.norm_topk_prob)
 
