@@ -121,15 +121,18 @@ def test_published_configs_load_unchanged(tmp_path, release, preset):
     assert main(["plan", "--config", str(tmp_path), "--json"]) == 0
 
 
-@pytest.mark.parametrize("version", ["5.11", "5.24"])
+@pytest.mark.parametrize("version", ["5.11", "5.24", "rope_theta"])
 def test_transformers_spellings_load(tmp_path, version):
-    """What GlmMoeDsaConfig writes in full (use_diff=False), and 5.11's names for the same facts."""
+    """What GlmMoeDsaConfig writes in full (use_diff=False), 5.11's names for the same facts, and the
+    older top-level RoPE spelling."""
     d = json.loads(transformers.GlmMoeDsaConfig(num_hidden_layers=6, index_topk_freq=2).to_json_string(use_diff=False))
     if version == "5.11":
         d.update(layer_types=["deepseek_sparse_attention"] * 6, num_experts=d.pop("n_routed_experts"),
                  transformers_version="5.11.0")
+    elif version == "rope_theta":
+        d.update(rope_theta=d.pop("rope_parameters")["rope_theta"], rope_scaling=None, torch_dtype=d.pop("dtype"))
     config = _load_without_warnings(_write(tmp_path, d))
-    assert config.n_routed_experts == 256 and config.bos_token_id == 0
+    assert config.n_routed_experts == 256 and config.bos_token_id == 0 and config.rope_theta == 10000.0
     assert config.indexer_types == ("full", "full", "shared", "full", "shared", "full")
 
 

@@ -77,7 +77,8 @@ def test_parity_with_transformers_on_the_published_layout(releases, release):
         dense = GLM52ForCausalLM(ours.config.replace(index_topk=TOKENS))
         dense.load_state_dict(ours.state_dict(), assign=True)
         dense_err = max_rel_err(dense(ids), ref)
-    print(f"published-layout {release} replica: max rel err {err:.2e} vs transformers (dense attention: {dense_err:.2e})")
+    print(f"published-layout {release} replica: max rel err {err:.2e} vs transformers "
+          f"(dense attention: {dense_err:.2e})")
     assert err <= TOL
     assert dense_err > 100 * TOL
 

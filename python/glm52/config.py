@@ -426,8 +426,9 @@ def _check_derived(c: GLM52Config, d: dict[str, Any]) -> None:
                          f"{_list_mismatch(d['mlp_layer_types'], mlp_types)}")
     layer_types = d.get("layer_types")
     if layer_types is not None:
-        bad = sorted({t for t in layer_types if t not in _LAYER_TYPES}, key=str) if isinstance(layer_types, list) else []
-        if not isinstance(layer_types, list) or len(layer_types) != n or bad:
+        listed = isinstance(layer_types, list)
+        bad = sorted({t for t in layer_types if t not in _LAYER_TYPES}, key=str) if listed else []
+        if not listed or len(layer_types) != n or bad:
             raise ValueError(f"config field 'layer_types' must give one of {list(_LAYER_TYPES)} (MLA with the DSA "
                              f"indexer) for each of the {n} layers; got {_short(layer_types)}"
                              + (f", holding {bad}" if bad else ""))
