@@ -190,7 +190,8 @@ class GLM52Config:
                 raise ValueError(f"config field {name!r} must be {want!r} for GLM-5.x (unsupported variant)")
         kwargs: dict[str, Any] = {"rope_theta": _rope_theta(d)}
         names = {f.name for f in dataclasses.fields(cls)} - {"indexer_precision", "fp8_compute", "rope_theta"}
-        _check_unknown([k for k in d if k not in names | KNOWN_NON_ARCHITECTURE_FIELDS.keys() | _DERIVED_FIELDS], d)
+        known = names | KNOWN_NON_ARCHITECTURE_FIELDS.keys() | _DERIVED_FIELDS
+        _check_unknown([k for k in d if k not in known], d)
         experts = _expert_count(d)
         if experts is not None:
             d["n_routed_experts"] = experts
@@ -330,16 +331,16 @@ def _check_quantization(q: Any) -> None:
         raise ValueError(f"quantization format {name} is not supported; glm52 loads the FP8 block-scaled and "
                          f"BF16 releases: {', '.join(SUPPORTED_CHECKPOINTS)}")
     for key, want in _FP8_QUANTIZATION.items():
-        if key in q and (list(q[key]) if key == "weight_block_size" and isinstance(q[key], (list, tuple))
-                         else q[key]) != want:
+        got = q.get(key, want)
+        if (list(got) if isinstance(got, (list, tuple)) else got) != want:
             raise ValueError(f"quantization_config {key} {_short(q[key])} is not supported; the FP8 releases "
                              f"({', '.join(c for c in SUPPORTED_CHECKPOINTS if c.endswith('FP8'))}) use {want!r}")
     unknown = [k for k in q if k not in _FP8_QUANTIZATION and k not in _QUANTIZATION_INFO_FIELDS]
-    for key in unknown:  # inside quantization_config every setting may change the math
+    for key in unknown:  # inside quantization_config any setting may change the math, whatever its name
         if q[key] is not None and q[key] is not False:
             raise ValueError(f"unknown quantization_config field {key!r} = {_short(q[key])}: glm52 does not "
                              "implement it")
-    _check_unknown(unknown, q, "quantization_config field")
+    _check_unknown(unknown, q, "quantization_config field")  # what is left is switched off: a warning
 
 
 def _derive_indexer_types(c: GLM52Config) -> list[str]:
