@@ -112,7 +112,7 @@ def test_fp8_kept_path_runs(releases, monkeypatch):
     print(f"FP8-kept replica vs fp32 dequantized: max {errs}, median per token {typical}")
     # BF16 activations (and e4m3 ones for "fp8") through 8 layers: a few tokens flip a routing or
     # top-k choice (the max), the typical token moves by rounding only.
-    assert typical["dequant"] < 0.01 and typical["fp8"] < 0.03
+    assert typical["dequant"] < 0.02 and typical["fp8"] < 0.05  # measured 0.8% and 2.2%
     assert errs["dequant"] < 0.15 and errs["fp8"] < 0.25
 
 
