@@ -59,6 +59,9 @@ def _parser() -> argparse.ArgumentParser:
     g.add_argument("--kv-format", choices=("bf16", "fp8", "model"), help="cache layout (default: the "
                    "attention kernels' bf16 rows where the model fits them, else 'model')")
     g.add_argument("--json", action="store_true", help="print one JSON object")
+    g.add_argument("--tp", type=int, default=1, help="tensor-parallel ranks (launch with torchrun)")
+    g.add_argument("--dp", type=int, default=1, help="attention data-parallel groups; world size = tp x dp")
+    g.add_argument("--ep", type=int, default=1, help="expert-parallel ranks (1 or a multiple of tp, dividing tp x dp)")
 
     sub.add_parser("selfcheck", help="check the installed kernels (glm52_ext.selfcheck)")
     return parser

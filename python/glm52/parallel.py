@@ -171,6 +171,24 @@ def init_parallel(config: ParallelConfig, timeout_s: float = 600.0) -> ParallelH
     return handle
 
 
+def from_cli(args) -> ParallelHandle | None:
+    """The handle for ``glm52 generate --tp/--dp/--ep`` (None for one process outside torchrun)."""
+    config = ParallelConfig(tp=args.tp, dp=args.dp, ep=args.ep)
+    if config.world_size == 1 and int(os.environ.get("WORLD_SIZE", "1")) == 1:
+        return None
+    return init_parallel(config)
+
+
+def rank_device(device: str) -> str:
+    """``cuda`` means this rank's GPU (LOCAL_RANK) under torchrun."""
+    return f"cuda:{os.environ.get('LOCAL_RANK', '0')}" if device == "cuda" else device
+
+
+def shutdown() -> None:
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
 # ---- collectives ----------------------------------------------------------------------------------
 def all_reduce_fp32(x: torch.Tensor, group, size: int) -> torch.Tensor:
     """Sum of ``x`` over ``group`` in fp32 (gloo would round BF16 at every step), cast back."""
@@ -394,7 +412,7 @@ def dispatch_combine(moe: ParallelMoE, x: torch.Tensor, weights: torch.Tensor, i
         y = _serve(handle, got, x, [moe.index] * pc.ep, [cap] * pc.ep)
         back = _all_to_all(_bytes(y), pc.ep * cap, None, None, handle.ep_group)
         pair_y = back.view(x.dtype).view(-1, x.shape[1])[slot]
-    return _combine(pair_y.view(t, k, -1), weights, ids, x.dtype)
+    return _combine(pair_y.view(t, k, x.shape[1]), weights, ids, x.dtype)
 
 
 def _check_modes(head: list[list[int]], mode: str) -> None:
@@ -564,13 +582,14 @@ def generate(engine, prompts: list[list[int]], max_new_tokens: int, sampling=Non
     try:
         result = engine.generate([prompts[i] for i in mine], max_new_tokens, sampling) if len(mine) else None
     except Exception as e:  # every rank must still reach the collectives below, or its peers hang
-        result, error = None, f"rank {handle.rank}: {type(e).__name__}: {e}"
+        result, error = None, (isinstance(e, ValueError), f"rank {handle.rank}: {type(e).__name__}: {e}")
     serve_experts(engine.model)
     gathered = [None] * handle.world_size
     dist.all_gather_object(gathered, (handle.dp_rank, handle.tp_rank, result, error))
     errors = [e for *_, e in gathered if e]
-    if errors:
-        raise RuntimeError("; ".join(errors))
+    if errors:  # the same error on every rank
+        raise (ValueError if any(bad_input for bad_input, _ in errors) else RuntimeError)(
+            "; ".join(message for _, message in errors))
     if handle.rank:
         return None
     parts = [r for dp_rank, tp_rank, r, _ in sorted(gathered, key=lambda g: g[0]) if tp_rank == 0 and r is not None]
