@@ -33,6 +33,7 @@ LAYOUTS = {
 
 
 def _write(tmp_path, name: str, overrides: dict, dtype: torch.dtype, fp8: bool):
+    """A random checkpoint in ``dtype``, or (``fp8``) its FP8 release at ``<name>-fp8`` next to it."""
     config = GLM52Config.preset("tiny").replace(**overrides)
     model = init_random_(GLM52ForCausalLM(config), seed=3).to(dtype)
     path = save_checkpoint(model, tmp_path / name, max_shard_bytes=200_000)
@@ -88,6 +89,11 @@ def _layouts_worker(rank: int, ckpt, layouts: list[dict], as_stored: bool):
         if as_stored:
             stored, entry["reads"] = _load_tracking_reads(ckpt, None, handle)
             entry["bytes"] = parameter_bytes(stored)
+            if handle.config.tp == 1:  # BF16 activations, BF16 checkpoint: EP-only is bit-identical too
+                bf16 = ckpt.with_name(ckpt.name.removesuffix("-fp8"))
+                ref = _outputs(GLM52ForCausalLM.from_pretrained(bf16), ids[rows])
+                got = _outputs(GLM52ForCausalLM.from_pretrained(bf16, parallel=handle), ids[rows])
+                entry["bf16_exact"] = all(torch.equal(a, b) for a, b in zip(got, ref))
         if handle.config.moe_mode == "dispatch":  # the decode dispatch gives the same bits as the exact one
             set_dispatch(model, "capacity", capacity=BATCH * TOKENS)
             cap_logits, cap_mtp = _outputs(model, ids[rows])
@@ -118,6 +124,8 @@ def test_fp8_checkpoint_shards_match_and_hold_the_planned_bytes(fp8_ckpt, tmp_pa
         for r in per_rank:
             assert r["logits"] <= 1e-5 and r["mtp"] <= 1e-5, r
             assert r["bytes"] == planned["weight_bytes_per_gpu"], (layout, r["bytes"], planned["weight_bytes_per_gpu"])
+            assert r.get("bf16_exact", True), r
+        assert any("bf16_exact" in r for r in per_rank) == (layout.get("tp", 1) == 1)
         if layout.get("ep", 1) == 2:  # every expert tensor (weights and scales) read by exactly one rank
             reads = [n for r in per_rank for n in r["reads"]]
             assert len(reads) == len(set(reads)) == 2 * 3 * config.n_routed_experts * (
