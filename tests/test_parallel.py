@@ -124,7 +124,7 @@ def test_fp8_checkpoint_shards_match_and_hold_the_planned_bytes(fp8_ckpt, tmp_pa
         for r in per_rank:
             assert r["logits"] <= 1e-5 and r["mtp"] <= 1e-5, r
             assert r["bytes"] == planned["weight_bytes_per_gpu"], (layout, r["bytes"], planned["weight_bytes_per_gpu"])
-            assert r.get("bf16_exact", True), r
+            assert r.get("bf16_exact", True) and r.get("capacity_same", True), r
         assert any("bf16_exact" in r for r in per_rank) == (layout.get("tp", 1) == 1)
         if layout.get("ep", 1) == 2:  # every expert tensor (weights and scales) read by exactly one rank
             reads = [n for r in per_rank for n in r["reads"]]
@@ -145,7 +145,8 @@ def test_layout_errors_name_the_field():
     with pytest.raises(ValueError, match="tp must be a positive integer"):
         ParallelConfig(tp=0)
     config = GLM52Config.preset("tiny")
-    for pc, field in ((ParallelConfig(tp=8), "num_attention_heads"), (ParallelConfig(dp=32, ep=32), "n_routed_experts")):
+    for pc, field in ((ParallelConfig(tp=8), "num_attention_heads"),
+                      (ParallelConfig(dp=32, ep=32), "n_routed_experts")):
         with pytest.raises(ValueError, match=field):
             build_parallel_model(config, ParallelHandle(pc, 0))
     with pytest.raises(ValueError, match="vocab_size"):
@@ -154,7 +155,8 @@ def test_layout_errors_name_the_field():
 
 def test_wrong_world_size_is_an_error_before_any_group():
     env = {"RANK": "0", "WORLD_SIZE": "3", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "1"}
-    with mock.patch.dict(os.environ, env), pytest.raises(ValueError, match=r"tp \(2\) x dp \(1\) = 2 must equal the world size \(3"):
+    with mock.patch.dict(os.environ, env), \
+            pytest.raises(ValueError, match=r"tp \(2\) x dp \(1\) = 2 must equal the world size \(3"):
         init_parallel(ParallelConfig(tp=2))
     with mock.patch.dict(os.environ, {}, clear=True), pytest.raises(ValueError, match="RANK.*torchrun"):
         init_parallel(ParallelConfig(tp=2))

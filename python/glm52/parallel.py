@@ -30,7 +30,7 @@ from __future__ import annotations
 import datetime
 import math
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
@@ -111,8 +111,6 @@ class ParallelHandle:
     tp_group: object = None
     dp_group: object = None  # the ranks with this tp_rank, one per data-parallel group
     ep_group: object = None
-    timeout: datetime.timedelta | None = None
-    moe_layers: list = field(default_factory=list, repr=False)  # filled by build_parallel_model
 
     def __post_init__(self) -> None:
         if not 0 <= self.rank < self.config.world_size:
@@ -153,7 +151,7 @@ def init_parallel(config: ParallelConfig, timeout_s: float = 600.0) -> ParallelH
         dist.init_process_group(backend=BACKEND if torch.cuda.is_available() else "gloo", timeout=timeout)
     config.check_world(dist.get_world_size())
     rank = dist.get_rank()
-    handle = ParallelHandle(config, rank, timeout=timeout)
+    handle = ParallelHandle(config, rank)
     n, tp, ep = config.world_size, config.tp, config.ep
     # new_group is collective: every rank creates every group, in the same order.
     for first in range(0, n, tp):
@@ -213,7 +211,8 @@ def _bytes(x: torch.Tensor) -> torch.Tensor:
     return x.contiguous().view(torch.uint8).reshape(x.shape[0], math.prod(x.shape[1:]) * x.element_size())
 
 
-def _all_to_all(rows: torch.Tensor, out_rows: int, send: list[int] | None, recv: list[int] | None, group) -> torch.Tensor:
+def _all_to_all(rows: torch.Tensor, out_rows: int, send: list[int] | None, recv: list[int] | None,
+                group) -> torch.Tensor:
     out = torch.empty(out_rows, rows.shape[1], dtype=rows.dtype, device=rows.device)
     dist.all_to_all_single(out, rows.contiguous(), output_split_sizes=recv, input_split_sizes=send, group=group)
     return out
@@ -287,7 +286,9 @@ class ParallelMoE(MoE):
     """One MoE layer's shard: router replicated, shared expert split over TP, routed experts split
     by the layout's :attr:`ParallelConfig.moe_mode` (see the module docstring)."""
 
-    def __init__(self, config: GLM52Config, handle: ParallelHandle) -> None:
+    def __init__(self, config: GLM52Config, handle: ParallelHandle, registry: list | None = None) -> None:
+        """``registry``: the model's MoE layers in order (shared by them; this layer appends itself),
+        so a rank can serve a peer's rows for any layer."""
         pc = handle.config
         first, count = handle.experts(config.n_routed_experts)
         super().__init__(config, count, first)
@@ -301,8 +302,9 @@ class ParallelMoE(MoE):
             self.shared_experts = _split_mlp(MLP(h, config.moe_intermediate_size * config.n_shared_experts // tp),
                                              t, tp)
         self.dispatch, self.capacity = "exact", 0
-        self.index = len(handle.moe_layers)
-        handle.moe_layers.append(self)
+        self.registry = [] if registry is None else registry
+        self.index = len(self.registry)
+        self.registry.append(self)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.mode == "replicated":
@@ -359,7 +361,7 @@ def _unpack(rows: torch.Tensor, like: torch.Tensor) -> tuple[torch.Tensor, torch
     return x, ids
 
 
-def _serve(handle: ParallelHandle, rows: torch.Tensor, like: torch.Tensor, layers: list[int],
+def _serve(registry: list, rows: torch.Tensor, like: torch.Tensor, layers: list[int],
            splits: list[int]) -> torch.Tensor:
     """Expert outputs (unweighted) for received ``rows``; the rows from peer ``j`` (``splits[j]`` of
     them) are for MoE layer ``layers[j]``; padding rows carry expert id −1 and give zeros."""
@@ -367,11 +369,11 @@ def _serve(handle: ParallelHandle, rows: torch.Tensor, like: torch.Tensor, layer
     ids = ids.int()[:, None]  # the router's id dtype
     ones = torch.ones(ids.shape, dtype=torch.float32, device=x.device)
     if len(set(layers)) == 1:
-        return handle.moe_layers[layers[0]].experts(x, ones, ids)
+        return registry[layers[0]].experts(x, ones, ids)
     out, start = [], 0
     for layer, n in zip(layers, splits):
         part = slice(start, start + n)
-        out.append(handle.moe_layers[layer].experts(x[part], ones[part], ids[part]))
+        out.append(registry[layer].experts(x[part], ones[part], ids[part]))
         start += n
     return torch.cat(out)
 
@@ -393,7 +395,7 @@ def dispatch_combine(moe: ParallelMoE, x: torch.Tensor, weights: torch.Tensor, i
         _check_modes(head, "exact")
         send, recv = counts.tolist(), [r[_ROWS] for r in head]
         got = _all_to_all(payload[order], sum(recv), send, recv, handle.ep_group)
-        y = _serve(handle, got, x, [r[_LAYER] if r[_ACTIVE] else moe.index for r in head], recv)
+        y = _serve(moe.registry, got, x, [r[_LAYER] if r[_ACTIVE] else moe.index for r in head], recv)
         back = _all_to_all(_bytes(y), t * k, recv, send, handle.ep_group)
         pair_y = torch.empty_like(pair_x)
         pair_y[order] = back.view(x.dtype).view(-1, x.shape[1])
@@ -409,7 +411,7 @@ def dispatch_combine(moe: ParallelMoE, x: torch.Tensor, weights: torch.Tensor, i
                              & (header[:, _ROWS] == cap) | (header[:, _ACTIVE] == 0)).all(),
                             "capacity dispatch: every EP peer must be at the same MoE layer with the same capacity")
         got = _all_to_all(buf, pc.ep * cap, None, None, handle.ep_group)
-        y = _serve(handle, got, x, [moe.index] * pc.ep, [cap] * pc.ep)
+        y = _serve(moe.registry, got, x, [moe.index] * pc.ep, [cap] * pc.ep)
         back = _all_to_all(_bytes(y), pc.ep * cap, None, None, handle.ep_group)
         pair_y = back.view(x.dtype).view(-1, x.shape[1])[slot]
     return _combine(pair_y.view(t, k, x.shape[1]), weights, ids, x.dtype)
@@ -469,6 +471,7 @@ def serve_experts(model: nn.Module, device: torch.device | None = None) -> int:
     handle = getattr(model, "parallel", None)
     if handle is None or handle.config.moe_mode != "dispatch":
         return 0
+    registry = next(m for m in model.modules() if isinstance(m, ParallelMoE)).registry
     weight = model.model.embed_tokens.weight
     device = weight.device if device is None else device
     empty = torch.empty(0, model.config.hidden_size, dtype=weight.dtype, device=device)
@@ -484,14 +487,14 @@ def serve_experts(model: nn.Module, device: torch.device | None = None) -> int:
             nothing = _pack(empty, torch.empty(0, dtype=torch.int64, device=device))
             got = _all_to_all(nothing, sum(recv), [0] * ep, recv, handle.ep_group)
             layers = [r[_LAYER] if r[_ACTIVE] else active[0][_LAYER] for r in head]
-            y = _serve(handle, got, empty, layers, recv)
+            y = _serve(registry, got, empty, layers, recv)
             _all_to_all(_bytes(y), 0, recv, [0] * ep, handle.ep_group)
         else:
             cap, layer = active[0][_ROWS], active[0][_LAYER]
             buf = _pack(torch.zeros(ep * cap, empty.shape[1], dtype=empty.dtype, device=device),
                         torch.full((ep * cap,), -1, dtype=torch.int64, device=device))
             got = _all_to_all(buf, ep * cap, None, None, handle.ep_group)
-            y = _serve(handle, got, empty, [layer] * ep, [cap] * ep)
+            y = _serve(registry, got, empty, [layer] * ep, [cap] * ep)
             _all_to_all(_bytes(y), ep * cap, None, None, handle.ep_group)
 
 
@@ -504,7 +507,7 @@ def build_parallel_model(config: GLM52Config, handle: ParallelHandle):
 
     pc = handle.config
     pc.check_model(config)
-    handle.moe_layers.clear()
+    registry: list[ParallelMoE] = []
     tp, t = pc.tp, handle.tp_rank
     c = config
     with torch.device("meta"):
@@ -521,7 +524,7 @@ def build_parallel_model(config: GLM52Config, handle: ParallelHandle):
             new.o_proj = _shard(RowParallelLinear(heads * c.v_head_dim, c.hidden_size, handle), 1, t, tp, c.v_head_dim)
             layer.self_attn = new
             if isinstance(layer.mlp, MoE):
-                layer.mlp = ParallelMoE(c, handle)
+                layer.mlp = ParallelMoE(c, handle, registry)
             else:
                 mlp = _split_mlp(MLP(c.hidden_size, c.intermediate_size // tp), t, tp)
                 mlp.down_proj = _shard(RowParallelLinear(c.intermediate_size // tp, c.hidden_size, handle), 1, t, tp)

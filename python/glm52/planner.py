@@ -112,7 +112,8 @@ def format_plan(p: dict) -> str:
     lines = [
         f"parameters      total {p['total_params']:,}  active/token {p['active_params']:,}",
         f"weights ({p['weights']})  {p['weight_bytes_total'] / gb:,.1f} GB total, "
-        f"{p['weight_bytes_per_gpu'] / gb:,.1f} GB per GPU (tp={p['tp']}, dp={p['dp']}, ep={p['ep']}, {p['gpus']} GPUs)",
+        f"{p['weight_bytes_per_gpu'] / gb:,.1f} GB per GPU "
+        f"(tp={p['tp']}, dp={p['dp']}, ep={p['ep']}, {p['gpus']} GPUs)",
         f"MLA cache ({p['kv']})  {p['kv_bytes_per_token']:,} B/token ({p['kv_bytes_per_token_per_layer']} B x "
         f"{p['kv_layers']} layers); {p['kv_bytes_context'] / gb:,.2f} GB for {p['batch']} x {p['context']:,} tokens",
         f"indexer cache   {p['indexer_bytes_per_token']:,} B/token ({p['indexer_layers']} layers with an indexer); "
