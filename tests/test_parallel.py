@@ -16,8 +16,9 @@ from glm52 import GLM52Config, GLM52ForCausalLM
 from glm52 import loader as loader_module
 from glm52.checkpoint import init_random_, quantize_checkpoint, save_checkpoint
 from glm52.loader import CheckpointError
-from glm52.parallel import (ParallelConfig, ParallelHandle, build_parallel_model, init_parallel, parameter_bytes,
-                            set_dispatch, share)
+from glm52.layers import Experts
+from glm52.parallel import (ParallelConfig, ParallelHandle, ParallelMoE, build_parallel_model, dispatch_combine,
+                            init_parallel, parameter_bytes, set_dispatch, share)
 from glm52.planner import plan
 
 # Sequences of 20 tokens > index_topk 8: sparse selection runs; layer 3 shares layer 2's top-k.
@@ -63,13 +64,37 @@ def _outputs(model, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return model.lm_head(hidden), mtp
 
 
-def _load_tracking_reads(ckpt, dtype, handle) -> tuple[GLM52ForCausalLM, list[str]]:
-    """This rank's shard, and the names of the expert tensors it read from disk."""
-    reads, real = [], loader_module.read_tensor
-    with mock.patch.object(loader_module, "read_tensor",
-                           side_effect=lambda h, name, index: reads.append(name) or real(h, name, index)):
+def _load_tracking_reads(ckpt, dtype, handle) -> tuple[GLM52ForCausalLM, list[str], int]:
+    """This rank's shard, the names of the expert tensors it read from disk, and the bytes it read."""
+    reads, read_bytes, real = [], [], loader_module.read_tensor
+
+    def read(h, name, index):
+        t = real(h, name, index)
+        reads.append(name)
+        read_bytes.append(t.numel() * t.element_size())
+        return t
+
+    with mock.patch.object(loader_module, "read_tensor", side_effect=read):
         model = GLM52ForCausalLM.from_pretrained(ckpt, dtype=dtype, parallel=handle)
-    return model, [n for n in reads if ".experts." in n]
+    return model, [n for n in reads if ".experts." in n], sum(read_bytes)
+
+
+def _host_reads_of_capacity_dispatch(model, handle) -> list[str]:
+    """Python-level host reads (tolist, item, bool, int) in one capacity dispatch round; the expert
+    compute itself (the receiving side's business) is stubbed with a sync-free function."""
+    moe = next(m for m in model.modules() if isinstance(m, ParallelMoE))
+    x = torch.randn(3, model.config.hidden_size, generator=torch.Generator().manual_seed(handle.rank))
+    weights, ids = moe.gate(x)
+    seen = []
+
+    def spy(name):
+        real = getattr(torch.Tensor, name)
+        return lambda self, *a, **k: seen.append(name) or real(self, *a, **k)
+
+    with mock.patch.object(Experts, "forward", lambda self, h, w, i: h * w[:, :1].to(h.dtype)), \
+            mock.patch.multiple(torch.Tensor, **{n: spy(n) for n in ("tolist", "item", "__bool__", "__int__")}):
+        dispatch_combine(moe, x, weights, ids)
+    return seen
 
 
 def _layouts_worker(rank: int, ckpt, layouts: list[dict], as_stored: bool):
@@ -81,13 +106,13 @@ def _layouts_worker(rank: int, ckpt, layouts: list[dict], as_stored: bool):
     out = []
     for layout in layouts:
         handle = init_parallel(ParallelConfig(**layout), timeout_s=60)
-        model, reads = _load_tracking_reads(ckpt, torch.float32, handle)
+        model, _, _ = _load_tracking_reads(ckpt, torch.float32, handle)
         rows = list(share(BATCH, handle))
         logits, mtp = _outputs(model, ids[rows])
         entry = dict(layout=layout, logits=max_rel_err(logits, ref_logits[rows]), mtp=max_rel_err(mtp, ref_mtp[rows]),
                      exact=bool(torch.equal(logits, ref_logits[rows]) and torch.equal(mtp, ref_mtp[rows])))
         if as_stored:
-            stored, entry["reads"] = _load_tracking_reads(ckpt, None, handle)
+            stored, entry["reads"], entry["read_bytes"] = _load_tracking_reads(ckpt, None, handle)
             entry["bytes"] = parameter_bytes(stored)
             if handle.config.tp == 1:  # BF16 activations, BF16 checkpoint: EP-only is bit-identical too
                 bf16 = ckpt.with_name(ckpt.name.removesuffix("-fp8"))
@@ -98,6 +123,7 @@ def _layouts_worker(rank: int, ckpt, layouts: list[dict], as_stored: bool):
             set_dispatch(model, "capacity", capacity=BATCH * TOKENS)
             cap_logits, cap_mtp = _outputs(model, ids[rows])
             entry["capacity_same"] = bool(torch.equal(cap_logits, logits) and torch.equal(cap_mtp, mtp))
+            entry["capacity_host_reads"] = _host_reads_of_capacity_dispatch(model, handle)
         out.append(entry)
     return out
 
@@ -111,25 +137,27 @@ def test_layouts_match_single_process_fp32(fp32_ckpt, tmp_path, world):
             if r["layout"].get("tp", 1) == 1:
                 assert r["exact"], f"EP-only layout {r['layout']} is not bit-identical: {r}"
             if "capacity_same" in r:
-                assert r["capacity_same"], r
+                assert r["capacity_same"] and r["capacity_host_reads"] == [], r
 
 
 def test_fp8_checkpoint_shards_match_and_hold_the_planned_bytes(fp8_ckpt, tmp_path):
     layouts = LAYOUTS[2]
     reports = results(spawn(2, _layouts_worker, fp8_ckpt, layouts, True, out=tmp_path))
     config = GLM52Config.from_pretrained(fp8_ckpt)
+    moe_layers = config.num_hidden_layers - config.first_k_dense_replace + config.num_nextn_predict_layers
+    bias_upcast = 2 * config.n_routed_experts * moe_layers  # router biases: stored BF16, held fp32
     for i, layout in enumerate(layouts):
         per_rank = [r[i] for r in reports]
         planned = plan(config, weights="fp8", context=1, **{k: layout.get(k, 1) for k in ("tp", "dp", "ep")})
         for r in per_rank:
             assert r["logits"] <= 1e-5 and r["mtp"] <= 1e-5, r
             assert r["bytes"] == planned["weight_bytes_per_gpu"], (layout, r["bytes"], planned["weight_bytes_per_gpu"])
+            assert r["read_bytes"] + bias_upcast == r["bytes"], "a rank reads from disk only the bytes of its shard"
             assert r.get("bf16_exact", True) and r.get("capacity_same", True), r
         assert any("bf16_exact" in r for r in per_rank) == (layout.get("tp", 1) == 1)
         if layout.get("ep", 1) == 2:  # every expert tensor (weights and scales) read by exactly one rank
             reads = [n for r in per_rank for n in r["reads"]]
-            assert len(reads) == len(set(reads)) == 2 * 3 * config.n_routed_experts * (
-                config.num_hidden_layers - config.first_k_dense_replace + config.num_nextn_predict_layers)
+            assert len(reads) == len(set(reads)) == 2 * 3 * config.n_routed_experts * moe_layers
 
 
 # ---- errors: raised while building or loading, so every rank fails alike and nothing waits ------------

@@ -434,7 +434,7 @@ def _capacity_rows(moe: ParallelMoE, t: int, k: int, per: int) -> int:
 def _capacity_slots(dest: torch.Tensor, ep: int, cap: int) -> torch.Tensor:
     """Row of each pair in the ``[ep, cap]`` send buffer: its peer, then its rank among the pairs for
     that peer (pair order). Device arithmetic only."""
-    onehot = F.one_hot(dest, ep)
+    onehot = (dest[:, None] == torch.arange(ep, device=dest.device)).long()  # F.one_hot checks bounds: a sync
     before = (onehot.cumsum(0) - onehot).gather(1, dest[:, None]).view(-1)
     return dest * cap + before
 
