@@ -121,14 +121,6 @@ class ParallelHandle:
     dp_rank = property(lambda self: self.rank // self.config.tp)
     ep_rank = property(lambda self: self.rank % self.config.ep)
 
-    def tp_ranks(self) -> list[int]:
-        first = self.dp_rank * self.config.tp
-        return list(range(first, first + self.config.tp))
-
-    def ep_ranks(self) -> list[int]:
-        first = self.rank - self.ep_rank
-        return list(range(first, first + self.config.ep))
-
     def experts(self, n_routed: int) -> tuple[int, int]:
         """(first global expert, count) held by this rank."""
         per = n_routed // self.config.ep
@@ -465,7 +457,7 @@ def set_dispatch(model: nn.Module, mode: str, capacity: int = 0) -> None:
 
 
 @torch.no_grad()
-def serve_experts(model: nn.Module, device: torch.device | None = None) -> int:
+def serve_experts(model: nn.Module) -> int:
     """Answer EP peers' dispatch rounds with no tokens of our own until every peer of the EP group
     is here too; returns the number of rounds served. A no-op unless the layout dispatches."""
     handle = getattr(model, "parallel", None)
@@ -473,7 +465,7 @@ def serve_experts(model: nn.Module, device: torch.device | None = None) -> int:
         return 0
     registry = next(m for m in model.modules() if isinstance(m, ParallelMoE)).registry
     weight = model.model.embed_tokens.weight
-    device = weight.device if device is None else device
+    device = weight.device
     empty = torch.empty(0, model.config.hidden_size, dtype=weight.dtype, device=device)
     ep, rounds = handle.config.ep, 0
     while True:
