@@ -18,7 +18,7 @@ from glm52.checkpoint import init_random_, quantize_checkpoint, save_checkpoint
 from glm52.loader import CheckpointError
 from glm52.layers import Experts
 from glm52.parallel import (ParallelConfig, ParallelHandle, ParallelMoE, build_parallel_model, dispatch_combine,
-                            init_parallel, parameter_bytes, set_dispatch, share)
+                            init_parallel, parameter_bytes, serve_experts, set_dispatch, share)
 from glm52.planner import plan
 
 # Sequences of 20 tokens > index_topk 8: sparse selection runs; layer 3 shares layer 2's top-k.
@@ -27,6 +27,7 @@ TINY = dict(num_hidden_layers=4, first_k_dense_replace=1, index_topk=8)
 GRID = dict(TINY, hidden_size=128, q_lora_rank=128, kv_lora_rank=64, qk_nope_head_dim=64, qk_rope_head_dim=64,
             v_head_dim=64, index_head_dim=64, intermediate_size=256, moe_intermediate_size=256, num_hidden_layers=3)
 BATCH, TOKENS = 4, 20
+MOE_LAYERS = TINY["num_hidden_layers"] - TINY["first_k_dense_replace"] + 1  # and the MTP layer
 LAYOUTS = {
     2: [dict(tp=2), dict(tp=2, ep=2), dict(dp=2, ep=2)],
     4: [dict(tp=4), dict(tp=4, ep=4), dict(tp=2, dp=2, ep=4), dict(dp=4, ep=4), dict(tp=2, dp=2)],
@@ -119,7 +120,13 @@ def _layouts_worker(rank: int, ckpt, layouts: list[dict], as_stored: bool):
                 ref = _outputs(GLM52ForCausalLM.from_pretrained(bf16), ids[rows])
                 got = _outputs(GLM52ForCausalLM.from_pretrained(bf16, parallel=handle), ids[rows])
                 entry["bf16_exact"] = all(torch.equal(a, b) for a, b in zip(got, ref))
-        if handle.config.moe_mode == "dispatch":  # the decode dispatch gives the same bits as the exact one
+        if handle.config.moe_mode == "dispatch":
+            # Data-parallel group 0 runs one more forward (its MTP logits) alone; the others serve it.
+            if handle.dp_rank == 0:
+                extra = _outputs(model, ids[rows])[1]
+                entry["alone_err"] = max_rel_err(extra, mtp)  # expert GEMMs see fewer rows: not bit-equal
+            entry["served"] = serve_experts(model)
+            # The decode dispatch gives the same bits as the exact one.
             set_dispatch(model, "capacity", capacity=BATCH * TOKENS)
             cap_logits, cap_mtp = _outputs(model, ids[rows])
             entry["capacity_same"] = bool(torch.equal(cap_logits, logits) and torch.equal(cap_mtp, mtp))
@@ -138,6 +145,8 @@ def test_layouts_match_single_process_fp32(fp32_ckpt, tmp_path, world):
                 assert r["exact"], f"EP-only layout {r['layout']} is not bit-identical: {r}"
             if "capacity_same" in r:
                 assert r["capacity_same"] and r["capacity_host_reads"] == [], r
+                # group 0's lone forward: all of its MoE layers served by the other groups' ranks
+                assert r.get("alone_err", 0) <= 1e-5 and r["served"] == (0 if "alone_err" in r else MOE_LAYERS), r
 
 
 def test_fp8_checkpoint_shards_match_and_hold_the_planned_bytes(fp8_ckpt, tmp_path):
