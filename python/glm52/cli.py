@@ -28,6 +28,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--batch", type=int, default=1)
     p.add_argument("--tp", type=int, default=1)
     p.add_argument("--ep", type=int, default=1)
+    p.add_argument("--dp", type=int, help="data-parallel groups (default: ep / tp, at least 1); GPUs = tp x dp")
     p.add_argument("--json", action="store_true", help="print one JSON object")
 
     d = sub.add_parser("demo", help="write a tiny random checkpoint (BF16 and FP8), load it, generate")
@@ -58,6 +59,9 @@ def _parser() -> argparse.ArgumentParser:
     g.add_argument("--kv-format", choices=("bf16", "fp8", "model"), help="cache layout (default: the "
                    "attention kernels' bf16 rows where the model fits them, else 'model')")
     g.add_argument("--json", action="store_true", help="print one JSON object")
+    g.add_argument("--tp", type=int, default=1, help="tensor-parallel ranks (launch with torchrun)")
+    g.add_argument("--dp", type=int, default=1, help="attention data-parallel groups; world size = tp x dp")
+    g.add_argument("--ep", type=int, default=1, help="expert-parallel ranks (1 or a multiple of tp, dividing tp x dp)")
 
     sub.add_parser("selfcheck", help="check the installed kernels (glm52_ext.selfcheck)")
     return parser
@@ -71,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
 
             config = GLM52Config.from_pretrained(args.config) if args.config else GLM52Config.preset(args.preset)
             result = plan(config, weights=args.weights, kv=args.kv, context=args.context, batch=args.batch,
-                          tp=args.tp, ep=args.ep)
+                          tp=args.tp, ep=args.ep, dp=args.dp)
             print(json.dumps(result) if args.json else format_plan(result))
         elif args.command == "generate":
             from .generate import run_cli

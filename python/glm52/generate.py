@@ -9,6 +9,7 @@ from pathlib import Path
 
 import torch
 
+from . import parallel
 from .engine import Engine, SamplingParams
 from .model import GLM52ForCausalLM
 
@@ -47,7 +48,17 @@ def run_cli(args: argparse.Namespace) -> dict:
     if args.max_new_tokens < 1:
         raise ValueError("--max-new-tokens must be a positive integer")
     dtype = None if args.dtype == "auto" else getattr(torch, args.dtype)
-    model = GLM52ForCausalLM.from_pretrained(args.checkpoint, dtype=dtype, device=args.device)
+    handle = parallel.from_cli(args)
+    try:
+        return _run(args, dtype, handle)
+    finally:
+        if handle is not None:
+            parallel.shutdown()
+
+
+def _run(args: argparse.Namespace, dtype: torch.dtype | None, handle) -> dict | None:
+    device = parallel.rank_device(args.device) if handle is not None else args.device
+    model = GLM52ForCausalLM.from_pretrained(args.checkpoint, dtype=dtype, device=device, parallel=handle)
     tokenizer = None
     if args.prompt:
         tokenizer = load_tokenizer(args.tokenizer or args.checkpoint)
@@ -59,7 +70,9 @@ def run_cli(args: argparse.Namespace) -> dict:
     engine = Engine(model, cache_bytes=args.cache_mb << 20, spec_steps=args.spec_steps, eos_token_ids=eos,
                     cache_format=args.kv_format)
     params = SamplingParams(temperature=args.temperature, top_p=args.top_p, top_k=args.top_k, seed=args.seed)
-    result = engine.generate(prompts, args.max_new_tokens, params)
+    result = parallel.generate(engine, prompts, args.max_new_tokens, params)
+    if result is None:  # not rank 0: rank 0 prints for the whole job
+        return None
     out = {"tokens": result.tokens, "accepted_per_step": result.accepted_per_step,
            "tokens_per_second": result.tokens_per_second, "verify_steps": result.verify_steps,
            "spec_steps": args.spec_steps, "prompt_ids": prompts}

@@ -4,6 +4,11 @@ Everything is checked before anything is assigned: names (missing, unexpected), 
 FP8 companions from the shard headers first, then every tensor is read into fresh storage, and
 only when all of it succeeded are the model's parameters swapped in. Errors name the tensor and
 the file.
+
+A tensor- or expert-parallel shard (:func:`glm52.parallel.build_parallel_model`) loads the same way:
+a module with a ``shard`` (:class:`glm52.parallel.ShardSlice`) reads only its slice of each
+checkpoint tensor (``get_slice``), FP8 block scales cut with it; the routed experts of other ranks
+are skipped unread.
 """
 
 from __future__ import annotations
@@ -81,6 +86,53 @@ def _ignorable(name: str, model: nn.Module) -> bool:
         not model.config.has_indexer(int(m.group(1)))
 
 
+def _foreign_expert(name: str, model: nn.Module) -> bool:
+    """A routed expert of this layer that another expert-parallel rank holds."""
+    m = re.match(r"(.+)\.(\d+)\.(gate_proj|up_proj|down_proj)\.weight$", name)
+    if m is None or not m.group(1).endswith("experts"):
+        return False
+    try:
+        experts = model.get_submodule(m.group(1))
+    except AttributeError:
+        return False
+    e = int(m.group(2))
+    return isinstance(experts, Experts) and 0 <= e < model.config.n_routed_experts and \
+        not experts.first_expert <= e < experts.first_expert + experts.num_experts
+
+
+def _full_shape(slot: Slot) -> tuple[int, ...]:
+    """The checkpoint shape of the tensor whose slice ``slot`` holds."""
+    shard = getattr(slot.module, "shard", None) if slot.attr == "weight" else None
+    if shard is None:
+        return slot.shape
+    shape = list(slot.shape)
+    shape[shard.dim] *= shard.parts
+    return tuple(shape)
+
+
+def _slice(slot: Slot, full: tuple[int, ...], scale: bool = False) -> tuple[slice, ...] | None:
+    """Index of ``slot``'s slice in the checkpoint tensor (or its block scales), None for all of it."""
+    shard = getattr(slot.module, "shard", None) if slot.attr == "weight" else None
+    if shard is None:
+        return None
+    start, stop = shard.bounds(full[shard.dim])
+    if scale:
+        start, stop = start // FP8_BLOCK, -(-stop // FP8_BLOCK)
+    return (slice(None),) * shard.dim + (slice(start, stop),)
+
+
+def _check_grid(name: str, where: str, slot: Slot, full: tuple[int, ...]) -> None:
+    """An FP8 slice must start and end on the 128x128 block grid (its scales are per block)."""
+    shard = slot.module.shard
+    size = full[shard.dim]
+    start, stop = shard.bounds(size)
+    if start % FP8_BLOCK or (stop % FP8_BLOCK and stop != size):
+        raise CheckpointError(
+            f"tensor {name} in {where}: splitting dim {shard.dim} ({size}) into {shard.parts} parts of "
+            f"{size // shard.parts} breaks the FP8 {FP8_BLOCK}x{FP8_BLOCK} block grid; part counts that work: "
+            f"{shard.grid_parts(size)}")
+
+
 def _weight_map(path: Path) -> tuple[dict[str, str], Path]:
     """Checkpoint tensor name -> shard file name, and the file that said so."""
     index = path / INDEX_FILE
@@ -136,7 +188,7 @@ def load_checkpoint(
         raise CheckpointError(f"tensor {missing[0]}{more} missing from the checkpoint {source}")
     for name in weight_map:
         base = name[: -len(SCALE_SUFFIX)] if name.endswith(SCALE_SUFFIX) else name
-        if base not in layout and not _ignorable(base, model):
+        if base not in layout and not _ignorable(base, model) and not _foreign_expert(base, model):
             kind = "FP8 scale for an unknown tensor" if base != name else "unexpected tensor"
             raise CheckpointError(f"{kind} {name} in {where(name)}")
 
@@ -144,8 +196,9 @@ def load_checkpoint(
     for name, slot in layout.items():
         info = handles[weight_map[name]].get_slice(name)
         shape, stored = tuple(info.get_shape()), info.get_dtype()
-        if shape != slot.shape:
-            raise CheckpointError(f"tensor {name} in {where(name)} has shape {list(shape)}; expected {list(slot.shape)}")
+        if shape != _full_shape(slot):
+            raise CheckpointError(f"tensor {name} in {where(name)} has shape {list(shape)}; expected "
+                                  f"{list(_full_shape(slot))}")
         companion = name + SCALE_SUFFIX if name + SCALE_SUFFIX in weight_map else None
         if companion is not None:
             if not slot.quantizable:
@@ -157,6 +210,8 @@ def load_checkpoint(
             if s.get_dtype() != "F32" or tuple(s.get_shape()) != scale_shape(shape):
                 raise CheckpointError(f"tensor {companion} in {where(companion)} is {s.get_dtype()} "
                                       f"{list(s.get_shape())}; expected F32 {list(scale_shape(shape))}")
+            if _slice(slot, shape) is not None:
+                _check_grid(name, where(name), slot, shape)
         elif stored not in FLOAT_DTYPES:
             hint = f" without a {SCALE_SUFFIX} companion" if stored == FP8_DTYPE else ""
             raise CheckpointError(f"tensor {name} in {where(name)} has dtype {stored}{hint}; expected one of "
@@ -167,16 +222,17 @@ def load_checkpoint(
     fresh: dict[tuple[int, str], torch.Tensor] = {}  # (id(module), attr) -> new tensor
     modules: dict[int, nn.Module] = {}
 
-    def read(name: str) -> torch.Tensor:
+    def read(name: str, index: tuple[slice, ...] | None) -> torch.Tensor:
         try:
-            return handles[weight_map[name]].get_tensor(name)
+            return read_tensor(handles[weight_map[name]], name, index)
         except Exception as e:
             raise CheckpointError(f"tensor {name} in {where(name)} could not be read (corrupt shard?): {e}") from None
 
     for name, (slot, companion) in tqdm(plan.items(), desc="loading", unit="tensor", file=sys.stderr,
                                         disable=None, leave=False):
-        tensor = read(name)
-        scale = read(companion) if companion is not None else None
+        full = _full_shape(slot)
+        tensor = read(name, _slice(slot, full))
+        scale = read(companion, _slice(slot, full, scale=True)) if companion is not None else None
         if slot.attr == "e_score_correction_bias":
             tensor = tensor.float()
         elif scale is not None and dtype is not None:
@@ -200,6 +256,13 @@ def load_checkpoint(
             module._buffers[attr] = t
         else:
             module._parameters[attr] = nn.Parameter(t, requires_grad=False)
+
+
+def read_tensor(handle, name: str, index: tuple[slice, ...] | None) -> torch.Tensor:
+    """Tensor ``name`` of an open shard, or only its slice ``index`` (read from disk alone)."""
+    if index is None:
+        return handle.get_tensor(name)
+    return handle.get_slice(name)[index].contiguous()
 
 
 def _check_stacks(plan: dict[str, tuple[Slot, str | None]], where) -> dict[int, int]:

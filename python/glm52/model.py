@@ -117,17 +117,24 @@ class GLM52ForCausalLM(nn.Module):
         device: str | torch.device | None = None,
         indexer_precision: str = "exact",
         fp8_compute: str = "dequant",
+        parallel=None,
     ) -> GLM52ForCausalLM:
         """Load a Hugging Face checkpoint directory (sharded or single-file, BF16 or FP8).
 
         ``dtype=None`` keeps every tensor as stored (FP8 weights stay FP8 with their scales);
-        a floating ``dtype`` casts all weights to it, dequantizing FP8 ones.
+        a floating ``dtype`` casts all weights to it, dequantizing FP8 ones. ``parallel`` (a
+        :class:`glm52.parallel.ParallelHandle` from ``init_parallel``) loads this rank's shard only.
         """
         from .loader import load_checkpoint
 
         config = GLM52Config.from_pretrained(path, indexer_precision=indexer_precision, fp8_compute=fp8_compute)
-        with torch.device("meta"):
-            model = cls(config)
+        if parallel is not None:
+            from .parallel import build_parallel_model
+
+            model = build_parallel_model(config, parallel)
+        else:
+            with torch.device("meta"):
+                model = cls(config)
         load_checkpoint(model, path, dtype=dtype, device=device)
         return model.eval()
 

@@ -1,11 +1,14 @@
 """Memory planner: parameters counted on the meta device, weight bytes per GPU, and MLA + indexer
 cache sizes (DESIGN §2.3), IndexShare-aware.
 
-Sharding model (DESIGN §6): tensor parallelism splits MLA's ``q_b_proj``/``kv_b_proj``/``o_proj``,
-the dense MLP, shared experts, embedding and lm_head; routed experts are split over ``ep`` ranks
-(over the ``tp`` ranks when ``ep`` is 1); everything else is replicated. GPUs = max(tp, ep).
-Every GPU holds the latent and indexer caches of all ``batch`` sequences (MLA's cache is not
-split by heads). Card sizes are decimal GB.
+Sharding model (DESIGN §6, what :func:`glm52.parallel.build_parallel_model` builds): tensor
+parallelism splits MLA's ``q_b_proj``/``kv_b_proj``/``o_proj``, the dense MLP, shared experts,
+embedding and lm_head; routed experts are split over ``ep`` ranks (each expert's intermediate dim
+over the ``tp`` ranks when ``ep`` is 1); everything else is replicated. GPUs = tp x dp, ``ep``
+divides that and is 1 or a multiple of tp; ``dp`` defaults to ``ep / tp`` (at least 1), so
+``--tp 1 --ep 8`` still means 8 GPUs as before. The caches of ``batch`` sequences live on every GPU
+of one data-parallel group (MLA's cache is not split by heads): ``batch`` counts sequences per
+group. Card sizes are decimal GB.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from .checkpoint import fp8_quantizable
 from .config import GLM52Config
 from .loader import FP8_BLOCK, checkpoint_layout
 from .model import GLM52ForCausalLM
+from .parallel import ParallelConfig
 
 WEIGHT_FORMATS = ("bf16", "fp8", "int4")
 KV_FORMATS = ("bf16", "fp8")
@@ -50,7 +54,7 @@ def kv_bytes_per_token_per_layer(config: GLM52Config, kv: str) -> int:
 
 
 def plan(config: GLM52Config, weights: str = "fp8", kv: str = "fp8", context: int | None = None,
-         batch: int = 1, tp: int = 1, ep: int = 1) -> dict:
+         batch: int = 1, tp: int = 1, ep: int = 1, dp: int | None = None) -> dict:
     if weights not in WEIGHT_FORMATS:
         raise ValueError(f"weights must be one of {WEIGHT_FORMATS}; got {weights!r}")
     if kv not in KV_FORMATS:
@@ -59,10 +63,10 @@ def plan(config: GLM52Config, weights: str = "fp8", kv: str = "fp8", context: in
     for name, v in (("context", context), ("batch", batch), ("tp", tp), ("ep", ep)):
         if not isinstance(v, int) or v < 1:
             raise ValueError(f"{name} must be a positive integer; got {v!r}")
-    if max(tp, ep) % min(tp, ep):
-        raise ValueError(f"tp ({tp}) and ep ({ep}) must divide one another (GPUs = max(tp, ep))")
-    if config.n_routed_experts % (ep if ep > 1 else 1):
-        raise ValueError(f"ep ({ep}) must divide n_routed_experts ({config.n_routed_experts})")
+    if dp is None:
+        dp = max(ep // tp, 1)
+    shards = ParallelConfig(tp=tp, dp=dp, ep=ep)
+    shards.check_model(config)
 
     with torch.device("meta"):
         model = GLM52ForCausalLM(config)
@@ -90,7 +94,8 @@ def plan(config: GLM52Config, weights: str = "fp8", kv: str = "fp8", context: in
     gpu_total = per_gpu + cache
     return {
         "preset_layers": config.num_hidden_layers, "mtp_layers": config.num_nextn_predict_layers,
-        "weights": weights, "kv": kv, "context": context, "batch": batch, "tp": tp, "ep": ep, "gpus": max(tp, ep),
+        "weights": weights, "kv": kv, "context": context, "batch": batch, "tp": tp, "dp": dp, "ep": ep,
+        "gpus": shards.world_size,
         "total_params": total, "active_params": active,
         "weight_bytes_total": int(sum(_weight_bytes(n, s.shape, weights) for n, s in layout.items())),
         "weight_bytes_per_gpu": int(per_gpu),
@@ -107,7 +112,8 @@ def format_plan(p: dict) -> str:
     lines = [
         f"parameters      total {p['total_params']:,}  active/token {p['active_params']:,}",
         f"weights ({p['weights']})  {p['weight_bytes_total'] / gb:,.1f} GB total, "
-        f"{p['weight_bytes_per_gpu'] / gb:,.1f} GB per GPU (tp={p['tp']}, ep={p['ep']}, {p['gpus']} GPUs)",
+        f"{p['weight_bytes_per_gpu'] / gb:,.1f} GB per GPU "
+        f"(tp={p['tp']}, dp={p['dp']}, ep={p['ep']}, {p['gpus']} GPUs)",
         f"MLA cache ({p['kv']})  {p['kv_bytes_per_token']:,} B/token ({p['kv_bytes_per_token_per_layer']} B x "
         f"{p['kv_layers']} layers); {p['kv_bytes_context'] / gb:,.2f} GB for {p['batch']} x {p['context']:,} tokens",
         f"indexer cache   {p['indexer_bytes_per_token']:,} B/token ({p['indexer_layers']} layers with an indexer); "
