@@ -2,11 +2,18 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 import torch
 from conftest import DEVICES
 
 from glm52_ext import ops, reference
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def op_samples(device):
@@ -136,6 +143,8 @@ def attention_samples(d):
         (glm.topk_indices.default, (logits.to(d), 16, lens.to(d)), {}),
         (glm.topk_indices.default, (logits.to(d), 400, None), {}),
         (glm.topk_indices_out.default, (logits.to(d), 16, lens.to(d)), {"out": torch.empty(4, 16, dtype=torch.int32, device=d)}),
+        (glm.topk_indices.default, (logits.to(d)[:, :250], 16, lens.to(d), torch.tensor([0, 3, 200, 9], dtype=torch.int32, device=d)), {}),
+        (glm.mla_cache_write.default, (kv.to(d), slots.to(d)), {"cache": torch.zeros(2, 64, 1, 656, dtype=torch.uint8, device=d)}),
         (glm.sparse_mla_prefill.default, (q.to(d), kv.to(d), idx.to(d), 0.0625), {}),
         (glm.sparse_mla_prefill_out.default, (q.to(d), kv.to(d), idx.to(d), 0.0625),
          {"out": torch.empty(3, 16, 512, dtype=torch.bfloat16, device=d), "lse": torch.empty(3, 16, device=d)}),
@@ -206,3 +215,21 @@ def test_spec_verify_torch_compile_fullgraph(device):
     assert all(torch.equal(a.cpu(), b) for a, b in zip(got[0], reference.spec_verify_greedy(draft, logits)))
     want = reference.spec_verify_sampling(draft, None, probs, 5, 6)
     assert all(torch.equal(a.cpu(), b) for a, b in zip(got[1], want))
+
+
+def test_fakes_register_when_the_extension_loads():
+    """Importing glm52_ext._C alone (no glm52_ext.ops import) is enough to trace the ops."""
+    code = (
+        "import torch, glm52_ext._C\n"
+        "from torch._subclasses.fake_tensor import FakeTensorMode\n"
+        "with FakeTensorMode():\n"
+        "    x = torch.empty(3, 100)\n"
+        "    assert torch.ops.glm52.topk_indices(x, 5).shape == (3, 5)\n"
+        "    q = torch.empty(2, 8, 576, dtype=torch.bfloat16)\n"
+        "    out, lse = torch.ops.glm52.sparse_mla_prefill(q, torch.empty(9, 576, dtype=torch.bfloat16), "
+        "torch.empty(2, 4, dtype=torch.int32), 0.1)\n"
+        "    assert out.shape == (2, 8, 512) and lse.shape == (2, 8)\n"
+    )
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "python"), os.environ.get("PYTHONPATH", "")])}
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+    assert done.returncode == 0, done.stderr
