@@ -100,7 +100,7 @@ def plan_sparse_decode(
     end_row, end_block = locate((end - 1).clamp_min(0))
     end_block = torch.where(end - row_start[end_row] >= blocks[end_row], blocks[end_row], end_block + 1) if rows else end
     # Starts strictly inside a row cut it: a partition's split index counts those before it in its row.
-    inner = (begin > row_start[begin_row]) & ~empty if rows else empty
+    inner = (begin > row_start[begin_row]) & ~empty if rows else torch.zeros_like(empty)
     first_inner = torch.searchsorted(begin, row_start[begin_row], right=True) if rows else part
     begin_split = torch.where(inner, part - first_inner + 1, 0)
     cuts = torch.zeros(rows, dtype=torch.long, device=device)
