@@ -13,8 +13,6 @@ from conftest import DEVICES
 
 from glm52_ext import ops, reference
 
-ROOT = Path(__file__).resolve().parents[1]
-
 
 def op_samples(device):
     """(op, args, kwargs) per op: at least one realistic sample each, partial groups/blocks included."""
@@ -230,6 +228,9 @@ def test_fakes_register_when_the_extension_loads():
         "torch.empty(2, 4, dtype=torch.int32), 0.1)\n"
         "    assert out.shape == (2, 8, 512) and lse.shape == (2, 8)\n"
     )
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "python"), os.environ.get("PYTHONPATH", "")])}
+    import glm52_ext  # the subprocess imports the same installation (a source tree or an installed wheel)
+
+    here = Path(glm52_ext.__file__).resolve().parents[1]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(here), os.environ.get("PYTHONPATH", "")])}
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
     assert done.returncode == 0, done.stderr
