@@ -44,6 +44,10 @@ def op_samples(device):
         (torch.ops.glm52.spec_verify_greedy_out.default, (draft.int().to(d), logits.to(d)), verify_out()),
         (torch.ops.glm52.spec_verify_sampling.default, (draft.to(d), draft_probs.to(d), probs.to(d), 1, 2), {}),
         (torch.ops.glm52.spec_verify_sampling.default, (draft.to(d), None, probs.to(d), 1, 2), {}),
+        (torch.ops.glm52.spec_verify_sampling.default, (draft.to(d), None, probs.to(d), 1, 2),
+         {"workspace": torch.empty(4096, dtype=torch.uint8, device=d)}),
+        (torch.ops.glm52.spec_verify_greedy_out.default, (draft.int().to(d), logits.to(d)),
+         {"workspace": torch.empty(4096, dtype=torch.uint8, device=d), **verify_out()}),
         (torch.ops.glm52.spec_verify_sampling_out.default, (draft.to(d), draft_probs.to(d), probs.to(d), 3, 4),
          verify_out()),
     ]
@@ -175,13 +179,17 @@ def test_inputs_are_not_mutated(device):
         op(*args, **kwargs)
         after = [as_bytes(a) for a in args if isinstance(a, torch.Tensor)]
         assert all(torch.equal(b, a) for b, a in zip(before, after)), f"{op} wrote to an input"
-        mutable = {arg.name for arg in op._schema.arguments if arg.alias_info and arg.alias_info.is_write}
-        assert mutable == set(kwargs), f"{op}: schema marks {mutable} as written, sample passes {set(kwargs)}"
+        written = [arg for arg in op._schema.arguments if arg.alias_info and arg.alias_info.is_write]
+        # Every written argument the sample passes is a keyword; optional ones (a workspace) may be left out.
+        required = {arg.name for arg in written if not isinstance(arg.type, torch.OptionalType)}
+        assert required <= set(kwargs) <= {arg.name for arg in written}, (
+            f"{op}: schema marks {[a.name for a in written]} as written, sample passes {set(kwargs)}")
 
 
 def test_every_registered_op_has_a_sample():
     registered = {name for name in dir(torch.ops.glm52) if not name.startswith("_")}
     registered -= {"name"}  # attribute of the namespace object, not an op
+    registered -= {"spec_verify_workspace_bytes"}  # a size query without tensors (tests/test_spec_ops.py)
     sampled = {op._schema.name.split("::")[1] for op, _, _ in op_samples("cpu")}
     assert registered <= sampled, f"ops without an opcheck sample: {sorted(registered - sampled)}"
 
