@@ -122,6 +122,22 @@ def cuda_cmake_args() -> list[str]:
     ]
 
 
+def git_commit() -> str:
+    """The commit the sources come from ("+dirty" when the tree has changes), GLM52_GIT_COMMIT when
+    set (e.g. by a packager), or "" when neither is known (an sdist, no git)."""
+    if os.environ.get("GLM52_GIT_COMMIT"):
+        return os.environ["GLM52_GIT_COMMIT"]
+    try:
+        head = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "HEAD"], capture_output=True, text=True)
+        if head.returncode != 0:
+            return ""
+        dirty = subprocess.run(["git", "-C", str(ROOT), "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True).stdout.strip()
+    except OSError:  # no git installed
+        return ""
+    return head.stdout.strip() + ("+dirty" if dirty else "")
+
+
 class CMakeExtension(Extension):
     def __init__(self, name: str) -> None:
         super().__init__(name, sources=[])
@@ -152,6 +168,8 @@ class CMakeBuild(build_ext):
             f"-DPython_EXECUTABLE={sys.executable}",
             f"-DGLM52_OUTPUT_DIR={out_dir}",
             f"-DGLM52_EXT_SUFFIX={sysconfig.get_config_var('EXT_SUFFIX')}",
+            f"-DGLM52_VERSION={self.distribution.get_version()}",
+            f"-DGLM52_GIT_COMMIT={git_commit()}",
             *cuda_args,
         ]
         jobs = os.environ.get("MAX_JOBS") or str(os.cpu_count() or 1)

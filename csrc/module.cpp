@@ -16,8 +16,13 @@ TORCH_LIBRARY(glm52, m) {}
 
 namespace {
 
+// An empty string (no version or commit known at build time) reads as None.
+py::object optional_str(const char* s) { return *s ? py::object(py::str(s)) : py::object(py::none()); }
+
 py::dict build_info() {
   py::dict info;
+  info["version"] = optional_str(GLM52_VERSION);
+  info["git_commit"] = optional_str(GLM52_GIT_COMMIT);
   info["torch_version"] = GLM52_TORCH_VERSION;
   info["cxx_compiler"] = GLM52_CXX_COMPILER;
 #if defined(GLM52_WITH_CUDA)
@@ -48,5 +53,11 @@ py::dict build_info() {
 
 PYBIND11_MODULE(_C, m) {
   m.doc() = "glm52 kernels: registers torch.ops.glm52.* and reports build facts";
-  m.def("build_info", &build_info, "How this extension was built: CUDA on/off, archs, versions.");
+  m.def("build_info", &build_info, "How this extension was built: version, commit, CUDA on/off, archs, versions.");
+  // The ops' fake (meta) implementations for torch.compile live in Python beside their wrappers
+  // (glm52_ext.ops): import them now, so loading _C alone is enough to trace the ops. The module
+  // goes into sys.modules first, so the `from .. import _C` in glm52_ext.ops finds it instead of
+  // loading the extension a second time.
+  py::module_::import("sys").attr("modules")["glm52_ext._C"] = m;
+  py::module_::import("glm52_ext.ops");
 }

@@ -33,6 +33,20 @@ def test_mla_cache_write_matches_reference_bytes(device, token_bytes, t, num_blo
 
 
 @pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("token_bytes", [1152, 656])
+def test_mla_cache_write_takes_flash_mla_4d_view(device, token_bytes):
+    """FlashMLA views the cache as [num_blocks, 64, 1, row] (one KV head): the same bytes."""
+    g = gen(17 + token_bytes)
+    cache = random_cache_bytes((3, 64, token_bytes), g)
+    kv = random_latent(100, g)
+    slots = scattered_slots(100, 3 * 64, g)
+    want = reference.mla_cache_write(kv, slots, cache)
+    got = cache.to(device).view(3, 64, 1, token_bytes)
+    ops.mla_cache_write(kv.to(device), slots.to(device), got)
+    assert torch.equal(got.cpu().view(3, 64, token_bytes), want)
+
+
+@pytest.mark.parametrize("device", DEVICES)
 def test_mla_cache_write_reads_row_strided_kv(device):
     """kv may be a column slice of a wider projection output (row stride > 576)."""
     g = gen(5)
@@ -92,6 +106,8 @@ def test_cache_writes_reject_bad_input(device):
         (lambda: ops.mla_cache_write(kv, slots, torch.zeros(1, 32, 1152, dtype=torch.uint8, device=device)),
          "argument 'cache' must have shape"),
         (lambda: ops.mla_cache_write(kv, slots, cache.view(torch.bfloat16)), "argument 'cache'"),
+        (lambda: ops.mla_cache_write(kv, slots, torch.zeros(1, 64, 2, 656, dtype=torch.uint8, device=device)),
+         r"argument 'cache' must be 3-D \[num_blocks, 64, 1152 or 656\] or 4-D"),
         (lambda: ops.indexer_cache_write(kv[:, :100], slots, torch.zeros(1, 8448, dtype=torch.uint8, device=device)),
          r"argument 'k' must have shape \[T, 128\]"),
         (lambda: ops.indexer_cache_write(kv[:, :128], slots, torch.zeros(1, 8447, dtype=torch.uint8, device=device)),

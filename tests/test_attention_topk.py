@@ -1,5 +1,5 @@
 """topk_indices (radix selection) against the reference: lengths 0, 1, exactly k and more than k,
-non-finite entries, ties, and 1M-column rows."""
+non-finite entries, ties, 1M-column rows, padded row strides and per-row start columns."""
 
 from __future__ import annotations
 
@@ -70,6 +70,30 @@ def test_topk_of_a_million_columns(device):
 
 
 @pytest.mark.parametrize("device", DEVICES)
+def test_topk_padded_stride_and_row_starts(device):
+    """DeepGEMM-style logits: rows in a wider, padded buffer (poison in the padding), each row's
+    candidates a window [ks, ke) of the columns (ragged prefill), indices relative to ks."""
+    g = gen(11)
+    rows, cols, stride, k = 7, 700, 1024, 64
+    buffer = torch.full((rows, stride), math.inf)  # +inf in the padding would win if it were read
+    buffer[:, :cols] = torch.randn(rows, cols, generator=g)
+    logits = buffer[:, :cols]
+    starts = torch.tensor([0, 5, 100, 699, 700, -3, 650], dtype=torch.int32)
+    lengths = torch.tensor([700, 64, 63, 1, 0, 10, 1000], dtype=torch.int32)  # past the row end: clamped
+    want = reference.topk_indices(logits.contiguous(), k, lengths, starts)
+    out = poisoned((rows, k), torch.int32, device)
+    ops.topk_indices(buffer.to(device)[:, :cols], k, lengths.to(device),
+                     row_starts=starts.to(device), out=out)
+    assert torch.equal(out.cpu(), want)
+    assert torch.equal(want[1], torch.arange(64, dtype=torch.int32))  # window of exactly k: all, relative
+    assert want[3, 0] == 0 and (want[3, 1:] == -1).all() and (want[4] == -1).all()
+    assert (want[6, :50] >= 0).all() and (want[6, 50:] == -1).all()  # 650 + 1000 clamps to 50 columns
+    # Without lengths: every column from the start.
+    assert torch.equal(ops.topk_indices(logits.to(device), k, row_starts=starts.to(device)).cpu(),
+                       reference.topk_indices(logits.contiguous(), k, None, starts))
+
+
+@pytest.mark.parametrize("device", DEVICES)
 def test_topk_empty_shapes(device):
     assert ops.topk_indices(torch.randn(0, 100, device=device), 8).shape == (0, 8)
     assert (ops.topk_indices(torch.randn(3, 0, device=device), 4) == -1).all()
@@ -82,7 +106,10 @@ def test_topk_rejects_bad_input(device):
     cases = [
         (lambda: ops.topk_indices(x.double(), 8), "argument 'logits' must have dtype"),
         (lambda: ops.topk_indices(x.view(-1), 8), "argument 'logits' must be 2-D"),
-        (lambda: ops.topk_indices(x.t(), 8), "argument 'logits' must be contiguous"),
+        (lambda: ops.topk_indices(x.t(), 8), "argument 'logits' must have unit stride along L"),
+        (lambda: ops.topk_indices(x.as_strided((4, 100), (50, 1)), 8), "argument 'logits' must have a row stride >= L"),
+        (lambda: ops.topk_indices(x, 8, row_starts=torch.zeros(4, dtype=torch.int64, device=device)),
+         "argument 'row_starts' must have dtype"),
         (lambda: ops.topk_indices(x, -1), "argument 'k' must be >= 0"),
         (lambda: ops.topk_indices(x, 8, torch.zeros(3, dtype=torch.int32, device=device)), r"argument 'lengths' must have shape \[4\]"),
         (lambda: ops.topk_indices(x, 8, torch.zeros(4, device=device)), "argument 'lengths' must have dtype"),

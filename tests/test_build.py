@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -16,12 +17,37 @@ ROOT = Path(__file__).resolve().parents[1]
 def test_build_info_reports_the_build():
     info = glm52_ext.build_info()
     assert info["torch_version"] == torch.__version__
+    version = re.search(r'^version = "(.+)"$', (ROOT / "pyproject.toml").read_text(), re.M).group(1)
+    assert info["version"] == version
+    head = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "HEAD"], capture_output=True, text=True)
+    if head.returncode == 0:  # a git checkout: the commit the extension was built from (maybe an older one)
+        assert re.fullmatch(r"[0-9a-f]{40}(\+dirty)?", info["git_commit"]), info["git_commit"]
+    else:
+        assert info["git_commit"] is None or info["git_commit"]
     if info["cuda"]:
         assert info["cuda_version"].split(".")[0] == torch.version.cuda.split(".")[0]
         assert any(arch.startswith("90a") for arch in info["cuda_archs"])
         assert info["cutlass_version"].count(".") == 2
     else:
         assert info["cuda_archs"] == [] and info["cutlass_version"] is None
+
+
+def test_setup_reports_the_commit_or_nothing(tmp_path, monkeypatch):
+    """setup.py's git_commit(): the checkout's HEAD, GLM52_GIT_COMMIT when set, "" outside git."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("glm52_setup_under_test", ROOT / "setup.py")
+    monkeypatch.setattr("setuptools.setup", lambda **kwargs: None)
+    setup_module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(setup_module)
+    monkeypatch.delenv("GLM52_GIT_COMMIT", raising=False)
+    head = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
+    if head:
+        assert setup_module.git_commit().startswith(head)
+    monkeypatch.setattr(setup_module, "ROOT", tmp_path)  # not a git checkout
+    assert setup_module.git_commit() == ""
+    monkeypatch.setenv("GLM52_GIT_COMMIT", "abc123")
+    assert setup_module.git_commit() == "abc123"
 
 
 def run_launcher(stderr_text: str, exit_code: int) -> subprocess.CompletedProcess:

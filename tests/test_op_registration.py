@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 import torch
 from conftest import DEVICES
@@ -39,6 +44,10 @@ def op_samples(device):
         (torch.ops.glm52.spec_verify_greedy_out.default, (draft.int().to(d), logits.to(d)), verify_out()),
         (torch.ops.glm52.spec_verify_sampling.default, (draft.to(d), draft_probs.to(d), probs.to(d), 1, 2), {}),
         (torch.ops.glm52.spec_verify_sampling.default, (draft.to(d), None, probs.to(d), 1, 2), {}),
+        (torch.ops.glm52.spec_verify_sampling.default, (draft.to(d), None, probs.to(d), 1, 2),
+         {"workspace": torch.empty(4096, dtype=torch.uint8, device=d)}),
+        (torch.ops.glm52.spec_verify_greedy_out.default, (draft.int().to(d), logits.to(d)),
+         {"workspace": torch.empty(4096, dtype=torch.uint8, device=d), **verify_out()}),
         (torch.ops.glm52.spec_verify_sampling_out.default, (draft.to(d), draft_probs.to(d), probs.to(d), 3, 4),
          verify_out()),
     ]
@@ -136,6 +145,8 @@ def attention_samples(d):
         (glm.topk_indices.default, (logits.to(d), 16, lens.to(d)), {}),
         (glm.topk_indices.default, (logits.to(d), 400, None), {}),
         (glm.topk_indices_out.default, (logits.to(d), 16, lens.to(d)), {"out": torch.empty(4, 16, dtype=torch.int32, device=d)}),
+        (glm.topk_indices.default, (logits.to(d)[:, :250], 16, lens.to(d), torch.tensor([0, 3, 200, 9], dtype=torch.int32, device=d)), {}),
+        (glm.mla_cache_write.default, (kv.to(d), slots.to(d)), {"cache": torch.zeros(2, 64, 1, 656, dtype=torch.uint8, device=d)}),
         (glm.sparse_mla_prefill.default, (q.to(d), kv.to(d), idx.to(d), 0.0625), {}),
         (glm.sparse_mla_prefill_out.default, (q.to(d), kv.to(d), idx.to(d), 0.0625),
          {"out": torch.empty(3, 16, 512, dtype=torch.bfloat16, device=d), "lse": torch.empty(3, 16, device=d)}),
@@ -168,13 +179,17 @@ def test_inputs_are_not_mutated(device):
         op(*args, **kwargs)
         after = [as_bytes(a) for a in args if isinstance(a, torch.Tensor)]
         assert all(torch.equal(b, a) for b, a in zip(before, after)), f"{op} wrote to an input"
-        mutable = {arg.name for arg in op._schema.arguments if arg.alias_info and arg.alias_info.is_write}
-        assert mutable == set(kwargs), f"{op}: schema marks {mutable} as written, sample passes {set(kwargs)}"
+        written = [arg for arg in op._schema.arguments if arg.alias_info and arg.alias_info.is_write]
+        # Every written argument the sample passes is a keyword; optional ones (a workspace) may be left out.
+        required = {arg.name for arg in written if not isinstance(arg.type, torch.OptionalType)}
+        assert required <= set(kwargs) <= {arg.name for arg in written}, (
+            f"{op}: schema marks {[a.name for a in written]} as written, sample passes {set(kwargs)}")
 
 
 def test_every_registered_op_has_a_sample():
     registered = {name for name in dir(torch.ops.glm52) if not name.startswith("_")}
     registered -= {"name"}  # attribute of the namespace object, not an op
+    registered -= {"spec_verify_workspace_bytes"}  # a size query without tensors (tests/test_spec_ops.py)
     sampled = {op._schema.name.split("::")[1] for op, _, _ in op_samples("cpu")}
     assert registered <= sampled, f"ops without an opcheck sample: {sorted(registered - sampled)}"
 
@@ -206,3 +221,24 @@ def test_spec_verify_torch_compile_fullgraph(device):
     assert all(torch.equal(a.cpu(), b) for a, b in zip(got[0], reference.spec_verify_greedy(draft, logits)))
     want = reference.spec_verify_sampling(draft, None, probs, 5, 6)
     assert all(torch.equal(a.cpu(), b) for a, b in zip(got[1], want))
+
+
+def test_fakes_register_when_the_extension_loads():
+    """Importing glm52_ext._C alone (no glm52_ext.ops import) is enough to trace the ops."""
+    code = (
+        "import torch, glm52_ext._C\n"
+        "from torch._subclasses.fake_tensor import FakeTensorMode\n"
+        "with FakeTensorMode():\n"
+        "    x = torch.empty(3, 100)\n"
+        "    assert torch.ops.glm52.topk_indices(x, 5).shape == (3, 5)\n"
+        "    q = torch.empty(2, 8, 576, dtype=torch.bfloat16)\n"
+        "    out, lse = torch.ops.glm52.sparse_mla_prefill(q, torch.empty(9, 576, dtype=torch.bfloat16), "
+        "torch.empty(2, 4, dtype=torch.int32), 0.1)\n"
+        "    assert out.shape == (2, 8, 512) and lse.shape == (2, 8)\n"
+    )
+    import glm52_ext  # the subprocess imports the same installation (a source tree or an installed wheel)
+
+    here = Path(glm52_ext.__file__).resolve().parents[1]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(here), os.environ.get("PYTHONPATH", "")])}
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+    assert done.returncode == 0, done.stderr

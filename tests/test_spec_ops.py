@@ -335,3 +335,30 @@ def test_sampling_probs_semantics(device):
     per_row = ops.sampling_probs(logits, temperature=torch.tensor([0.0, 1.0], device=device))
     assert per_row[0].tolist() == greedy[0].tolist()
     torch.testing.assert_close(per_row[1], torch.softmax(logits[1], dim=-1))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_preallocated_workspace(device):
+    """A caller's workspace (CUDA graphs, memory planning) gives the same tokens; a short or
+    mistyped one is rejected by name."""
+    g = torch.Generator().manual_seed(12)
+    batch, n, vocab = 5, 3, 9000
+    logits = torch.randn(batch, n + 1, vocab, generator=g)
+    probs = torch.softmax(logits, dim=-1)
+    draft = logits.argmax(dim=-1)[:, :n].contiguous()
+    draft[0, 1] = 3
+    greedy_bytes = ops.spec_verify_workspace_bytes(batch, n, vocab, False)
+    sampling_bytes = ops.spec_verify_workspace_bytes(batch, n, vocab, True)
+    assert greedy_bytes == 2 * batch * (n + 1) * (vocab // 2048) * 4 and sampling_bytes == batch * 9 * 4
+    d, lg, pr = draft.to(device), logits.to(device), probs.to(device)
+    for ws in (torch.empty(greedy_bytes, dtype=torch.uint8, device=device),):
+        got = ops.spec_verify_greedy(d, lg, workspace=ws)
+        assert all(torch.equal(a.cpu(), b) for a, b in zip(got, reference.spec_verify_greedy(draft, logits)))
+    ws = torch.empty(sampling_bytes + 100, dtype=torch.uint8, device=device)
+    out = (poisoned((batch, n + 1), torch.int32, device), poisoned((batch,), torch.int32, device))
+    ops.spec_verify_sampling(d, None, pr, 3, 4, workspace=ws, out=out)
+    assert all(torch.equal(a.cpu(), b) for a, b in zip(out, reference.spec_verify_sampling(draft, None, probs, 3, 4)))
+    with pytest.raises(RuntimeError, match=f"argument 'workspace' must hold at least {greedy_bytes} bytes"):
+        ops.spec_verify_greedy(d, lg, workspace=torch.empty(greedy_bytes - 1, dtype=torch.uint8, device=device))
+    with pytest.raises(RuntimeError, match="argument 'workspace' must have dtype"):
+        ops.spec_verify_sampling(d, None, pr, 3, 4, workspace=torch.empty(sampling_bytes, device=device))

@@ -31,17 +31,20 @@ inline void check_aligned16(const at::Tensor& t, const char* op, const char* arg
                   "must start at a 16-byte aligned address (a view with an odd storage offset?)");
 }
 
-// MLA cache uint8 [num_blocks, 64, 1152 (BF16) or 656 (FP8)], contiguous. Returns true for FP8.
+// MLA cache uint8 [num_blocks, 64, 1152 (BF16) or 656 (FP8)], contiguous, or FlashMLA's view of the
+// same bytes [num_blocks, 64, 1, row] (one KV head). Returns true for FP8.
 inline bool check_mla_cache(const at::Tensor& cache, const char* op, const char* arg) {
-  check_dim(cache, op, arg, 3, "[num_blocks, 64, 1152 or 656]");
+  GLM52_CHECK_ARG(cache.dim() == 3 || (cache.dim() == 4 && cache.size(2) == 1), op, arg,
+                  "must be 3-D [num_blocks, 64, 1152 or 656] or 4-D [num_blocks, 64, 1, 1152 or 656], got shape ",
+                  shape_str(cache.sizes()));
   check_dtype(cache, op, arg, {at::kByte});
-  GLM52_CHECK_ARG(cache.size(1) == kBlockTokens &&
-                      (cache.size(2) == kMlaBf16TokenBytes || cache.size(2) == kMlaFp8TokenBytes),
-                  op, arg, "must have shape [num_blocks, 64, 1152 (BF16 format) or 656 (FP8 format)], got ",
+  const int64_t row = cache.size(-1);
+  GLM52_CHECK_ARG(cache.size(1) == kBlockTokens && (row == kMlaBf16TokenBytes || row == kMlaFp8TokenBytes), op,
+                  arg, "must have shape [num_blocks, 64, (1,) 1152 (BF16 format) or 656 (FP8 format)], got ",
                   shape_str(cache.sizes()));
   check_contiguous(cache, op, arg);
   check_aligned16(cache, op, arg);
-  return cache.size(2) == kMlaFp8TokenBytes;
+  return row == kMlaFp8TokenBytes;
 }
 
 // Slot mappings: int64 [T] contiguous beside `ref`.
@@ -137,13 +140,21 @@ inline void check_indexer_logits_paged_out(const at::Tensor& q8, const at::Tenso
   check_tensor(out, op, "out", at::kFloat, {q8.size(0), q8.size(1), out.size(2)}, "[B, n, max_len]", q8, "q8");
 }
 
-inline void check_topk(const at::Tensor& logits, int64_t k, const std::optional<at::Tensor>& lengths) {
+// logits [R, L] fp32 with unit column stride and any row stride >= L (padded rows, e.g. DeepGEMM's
+// aligned-stride logits); lengths and row_starts [R] int32.
+inline void check_topk(const at::Tensor& logits, int64_t k, const std::optional<at::Tensor>& lengths,
+                       const std::optional<at::Tensor>& row_starts) {
   const char* op = kTopkOp;
   check_dim(logits, op, "logits", 2, "[R, L]");
   check_dtype(logits, op, "logits", {at::kFloat});
-  check_contiguous(logits, op, "logits");
+  GLM52_CHECK_ARG(logits.size(1) <= 1 || logits.stride(1) == 1, op, "logits",
+                  "must have unit stride along L, got strides ", shape_str(logits.strides()));
+  GLM52_CHECK_ARG(logits.size(0) <= 1 || logits.stride(0) >= logits.size(1), op, "logits",
+                  "must have a row stride >= L (rows must not overlap), got strides ", shape_str(logits.strides()),
+                  " for shape ", shape_str(logits.sizes()));
   GLM52_CHECK_ARG(k >= 0, op, "k", "must be >= 0, got ", k);
   if (lengths) check_tensor(*lengths, op, "lengths", at::kInt, {logits.size(0)}, "[R]", logits, "logits");
+  if (row_starts) check_tensor(*row_starts, op, "row_starts", at::kInt, {logits.size(0)}, "[R]", logits, "logits");
 }
 
 inline void check_topk_out(const at::Tensor& logits, int64_t k, const at::Tensor& out) {

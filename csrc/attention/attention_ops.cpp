@@ -35,13 +35,15 @@ at::Tensor indexer_logits_paged(const at::Tensor& q8, const at::Tensor& weights,
   return out;
 }
 
-at::Tensor topk_indices(const at::Tensor& logits, int64_t k, const std::optional<at::Tensor>& lengths) {
-  check_topk(logits, k, lengths);
+at::Tensor topk_indices(const at::Tensor& logits, int64_t k, const std::optional<at::Tensor>& lengths,
+                        const std::optional<at::Tensor>& row_starts) {
+  check_topk(logits, k, lengths, row_starts);
   auto out = at::empty({logits.size(0), k}, logits.options().dtype(at::kInt));
   static auto op = c10::Dispatcher::singleton()
                        .findSchemaOrThrow("glm52::topk_indices_out", "")
-                       .typed<void(const at::Tensor&, int64_t, const std::optional<at::Tensor>&, at::Tensor&)>();
-  op.call(logits, k, lengths, out);
+                       .typed<void(const at::Tensor&, int64_t, const std::optional<at::Tensor>&,
+                                   const std::optional<at::Tensor>&, at::Tensor&)>();
+  op.call(logits, k, lengths, row_starts, out);
   return out;
 }
 
@@ -89,8 +91,8 @@ TORCH_LIBRARY_FRAGMENT(glm52, m) {
         "int max_len) -> Tensor");
   m.def("indexer_logits_paged_out(Tensor q8, Tensor weights, Tensor cache, Tensor block_table, Tensor lengths, *, "
         "Tensor(a!) out) -> ()");
-  m.def("topk_indices(Tensor logits, int k, Tensor? lengths=None) -> Tensor");
-  m.def("topk_indices_out(Tensor logits, int k, Tensor? lengths, *, Tensor(a!) out) -> ()");
+  m.def("topk_indices(Tensor logits, int k, Tensor? lengths=None, Tensor? row_starts=None) -> Tensor");
+  m.def("topk_indices_out(Tensor logits, int k, Tensor? lengths, Tensor? row_starts=None, *, Tensor(a!) out) -> ()");
   m.def("sparse_mla_prefill(Tensor q, Tensor kv, Tensor indices, float sm_scale) -> (Tensor, Tensor)");
   m.def("sparse_mla_prefill_out(Tensor q, Tensor kv, Tensor indices, float sm_scale, *, Tensor(a!) out, "
         "Tensor(b!) lse) -> ()");

@@ -37,6 +37,21 @@ GLM52_HD int topk_bin(uint32_t key, int pass, uint32_t prefix) {
   return static_cast<int>((key >> shift) & (kTopkBins - 1));
 }
 
+// The part of row `row` that counts: columns [start, start + len) with start = row_starts[row]
+// (0 without row_starts) and len = lengths[row] (all remaining columns without lengths), both
+// clamped into the row. Selected columns are reported relative to start.
+struct TopkWindow {
+  int64_t start, len;
+};
+
+GLM52_HD TopkWindow topk_window(const int32_t* row_starts, const int32_t* lengths, int64_t row, int64_t cols) {
+  int64_t start = row_starts ? row_starts[row] : 0;
+  start = start < 0 ? 0 : (start > cols ? cols : start);
+  int64_t len = lengths ? lengths[row] : cols - start;
+  len = len < 0 ? 0 : (len > cols - start ? cols - start : len);
+  return {start, len};
+}
+
 struct TopkSelection {
   bool take_all;       // the row has at most k finite entries
   uint32_t threshold;  // after the last pass: the k-th largest key

@@ -14,37 +14,47 @@ std::tuple<at::Tensor, at::Tensor> empty_verify_outputs(const at::Tensor& draft)
   return {at::empty({draft.size(0), draft.size(1) + 1}, options), at::empty({draft.size(0)}, options)};
 }
 
-std::tuple<at::Tensor, at::Tensor> spec_verify_greedy(const at::Tensor& draft, const at::Tensor& target_logits) {
+std::tuple<at::Tensor, at::Tensor> spec_verify_greedy(const at::Tensor& draft, const at::Tensor& target_logits,
+                                                      const std::optional<at::Tensor>& workspace) {
   check_greedy_inputs(draft, target_logits);
   auto [tokens, num_emitted] = empty_verify_outputs(draft);
   static auto op = c10::Dispatcher::singleton()
                        .findSchemaOrThrow("glm52::spec_verify_greedy_out", "")
-                       .typed<void(const at::Tensor&, const at::Tensor&, at::Tensor&, at::Tensor&)>();
-  op.call(draft, target_logits, tokens, num_emitted);
+                       .typed<void(const at::Tensor&, const at::Tensor&, const std::optional<at::Tensor>&, at::Tensor&,
+                                   at::Tensor&)>();
+  op.call(draft, target_logits, workspace, tokens, num_emitted);
   return {tokens, num_emitted};
 }
 
 std::tuple<at::Tensor, at::Tensor> spec_verify_sampling(const at::Tensor& draft,
                                                         const std::optional<at::Tensor>& draft_probs,
-                                                        const at::Tensor& target_probs, int64_t seed, int64_t offset) {
+                                                        const at::Tensor& target_probs, int64_t seed, int64_t offset,
+                                                        const std::optional<at::Tensor>& workspace) {
   check_sampling_inputs(draft, draft_probs, target_probs);
   auto [tokens, num_emitted] = empty_verify_outputs(draft);
   static auto op = c10::Dispatcher::singleton()
                        .findSchemaOrThrow("glm52::spec_verify_sampling_out", "")
                        .typed<void(const at::Tensor&, const std::optional<at::Tensor>&, const at::Tensor&, int64_t,
-                                   int64_t, at::Tensor&, at::Tensor&)>();
-  op.call(draft, draft_probs, target_probs, seed, offset, tokens, num_emitted);
+                                   int64_t, const std::optional<at::Tensor>&, at::Tensor&, at::Tensor&)>();
+  op.call(draft, draft_probs, target_probs, seed, offset, workspace, tokens, num_emitted);
   return {tokens, num_emitted};
 }
 
 }  // namespace
 
 TORCH_LIBRARY_FRAGMENT(glm52, m) {
-  m.def("spec_verify_greedy(Tensor draft, Tensor target_logits) -> (Tensor, Tensor)");
-  m.def("spec_verify_greedy_out(Tensor draft, Tensor target_logits, *, Tensor(a!) tokens, Tensor(b!) num_emitted) -> ()");
-  m.def("spec_verify_sampling(Tensor draft, Tensor? draft_probs, Tensor target_probs, int seed, int offset) -> (Tensor, Tensor)");
-  m.def("spec_verify_sampling_out(Tensor draft, Tensor? draft_probs, Tensor target_probs, int seed, int offset, *, "
-        "Tensor(a!) tokens, Tensor(b!) num_emitted) -> ()");
+  // workspace: optional preallocated device scratch (spec_verify_workspace_bytes), written by the CUDA kernels.
+  m.def("spec_verify_greedy(Tensor draft, Tensor target_logits, Tensor(c!)? workspace=None) -> (Tensor, Tensor)");
+  m.def("spec_verify_greedy_out(Tensor draft, Tensor target_logits, Tensor(c!)? workspace=None, *, Tensor(a!) tokens, "
+        "Tensor(b!) num_emitted) -> ()");
+  m.def("spec_verify_sampling(Tensor draft, Tensor? draft_probs, Tensor target_probs, int seed, int offset, "
+        "Tensor(c!)? workspace=None) -> (Tensor, Tensor)");
+  m.def("spec_verify_sampling_out(Tensor draft, Tensor? draft_probs, Tensor target_probs, int seed, int offset, "
+        "Tensor(c!)? workspace=None, *, Tensor(a!) tokens, Tensor(b!) num_emitted) -> ()");
+  m.def("spec_verify_workspace_bytes(int batch, int n, int vocab, bool sampling) -> int",
+        [](int64_t batch, int64_t n, int64_t vocab, bool sampling) {
+          return spec_verify_workspace_bytes(batch, n, vocab, sampling);
+        });
 }
 
 TORCH_LIBRARY_IMPL(glm52, CompositeExplicitAutograd, m) {

@@ -130,6 +130,21 @@ constexpr int kScanWarps = kScanThreads / 32;
 
 GLM52_HD int64_t scan_tiles(int64_t n) { return ceil_div(n, kScanTile); }
 
+// The most splits the greedy kernel cuts a logits row into: never fewer than 2048 logits per
+// block, at most 65535 (the grid's y). Bounds its workspace whatever the GPU's SM count.
+GLM52_HD int64_t greedy_max_splits(int64_t vocab) {
+  return vocab / 2048 > 65535 ? 65535 : (vocab / 2048 > 1 ? vocab / 2048 : 1);
+}
+
+// Bytes of device workspace the verification kernels use at most (a caller may preallocate it):
+// greedy, per logits row and split, an fp32 maximum and its int32 index; sampling, per batch row
+// the fp32 total of each scan tile. Each part starts 16-byte aligned.
+GLM52_HD int64_t spec_verify_workspace_bytes(int64_t batch, int64_t n, int64_t vocab, bool sampling) {
+  if (sampling) return batch * scan_tiles(vocab) * 4;
+  const int64_t part = ceil_div(batch * (n + 1) * greedy_max_splits(vocab) * 4, 16) * 16;
+  return 2 * part;
+}
+
 // Host replay of the block scan: s[256] holds the thread partials P_t and becomes I_t; returns W_7.
 inline float scan_block_partials_host(float* s) {
   for (int w = 0; w < kScanWarps; ++w)

@@ -31,7 +31,7 @@ from .attention import (
     topk_indices,
 )
 from .quant import dequant_fp8_block, quant_fp8_per_token_group
-from .spec import PROB_SUM_TOLERANCE, sampling_probs, spec_verify_greedy, spec_verify_sampling
+from .spec import PROB_SUM_TOLERANCE, sampling_probs, spec_verify_greedy, spec_verify_sampling, spec_verify_workspace_bytes
 
 __all__ = [
     "PROB_SUM_TOLERANCE",
@@ -57,5 +57,6 @@ __all__ = [
     "sparse_mla_prefill",
     "spec_verify_greedy",
     "spec_verify_sampling",
+    "spec_verify_workspace_bytes",
     "topk_indices",
 ]

@@ -68,7 +68,8 @@ def mla_cache_write(kv: torch.Tensor, slots: torch.Tensor, cache: torch.Tensor) 
         ``[T]`` int64 slot of each token; −1 or out-of-range slots are skipped.
     cache : torch.Tensor
         uint8 ``[num_blocks, 64, 1152]`` (BF16 format: the bytes of ``kv``) or
-        ``[num_blocks, 64, 656]`` (FP8 format: ``c_kv`` quantized per 128 dims), contiguous; the
+        ``[num_blocks, 64, 656]`` (FP8 format: ``c_kv`` quantized per 128 dims), contiguous, or
+        FlashMLA's 4-D view of the same bytes ``[num_blocks, 64, 1, 1152 or 656]``; the
         format is the last dim (module docstring). Two tokens with the same slot: the row is unspecified
         (on CUDA it may mix parts of both).
     """
@@ -176,29 +177,40 @@ def indexer_logits_paged(
 
 
 def topk_indices(
-    logits: torch.Tensor, k: int, lengths: torch.Tensor | None = None, *, out: torch.Tensor | None = None
+    logits: torch.Tensor,
+    k: int,
+    lengths: torch.Tensor | None = None,
+    *,
+    row_starts: torch.Tensor | None = None,
+    out: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """The columns of the ``k`` largest finite entries of each row: int32 ``[R, k]``.
 
-    Radix selection (no sort of the row). Only the first ``lengths[r]`` columns of row r count (all
-    ``L`` when ``lengths`` is None); ``±inf`` and NaN never count. Ties at the k-th value go to the
+    Radix selection (no sort of the row). Row r's candidates are its columns
+    ``[row_starts[r], row_starts[r] + lengths[r])`` (start 0 without ``row_starts``; every column
+    from the start without ``lengths``; both clamped into the row), and the selected columns are
+    reported relative to that start (as vLLM's ``top_k_per_row`` does for ragged prefill: the
+    position within the sequence). ``±inf`` and NaN never count. Ties at the k-th value go to the
     lower column. The selected columns are listed in increasing order and the row is padded with
     −1 when it has fewer than ``k`` finite entries. Identical on every device.
 
     Parameters
     ----------
     logits : torch.Tensor
-        ``[R, L]`` float32, contiguous (L up to 2^31 - 1; 1M-column rows are routine).
+        ``[R, L]`` float32 with unit column stride and any row stride ``>= L`` (padded rows, e.g.
+        DeepGEMM's aligned-stride logits), L up to 2^31 - 1 (1M-column rows are routine).
     k : int
         Number to select (GLM-5.2: 2048), >= 0.
     lengths : torch.Tensor, optional
-        ``[R]`` int32, clamped to ``[0, L]``.
+        ``[R]`` int32 candidate count of each row (for DeepGEMM's ``ks``/``ke``: ``ke - ks``).
+    row_starts : torch.Tensor, optional
+        ``[R]`` int32 first candidate column of each row (DeepGEMM's ``ks``).
     out : torch.Tensor, optional
         Preallocated ``[R, k]`` int32, contiguous.
     """
     if out is None:
-        return torch.ops.glm52.topk_indices(logits, k, lengths)
-    torch.ops.glm52.topk_indices_out(logits, k, lengths, out=out)
+        return torch.ops.glm52.topk_indices(logits, k, lengths, row_starts)
+    torch.ops.glm52.topk_indices_out(logits, k, lengths, row_starts, out=out)
     return out
 
 
@@ -260,7 +272,8 @@ def sparse_mla_decode(
     q : torch.Tensor
         ``[B, sq, H, 576]`` bfloat16 contiguous, H in 1..128.
     cache : torch.Tensor
-        uint8 ``[num_blocks, 64, 1152 or 656]`` (module docstring).
+        uint8 ``[num_blocks, 64, 1152 or 656]`` (module docstring), or its 4-D view
+        ``[num_blocks, 64, 1, 1152 or 656]``.
     indices : torch.Tensor
         ``[B, sq, k]`` int32 slots.
     sm_scale : float
@@ -307,13 +320,13 @@ def _indexer_logits_paged_out(q8, weights, cache, block_table, lengths, *, out):
 
 
 @torch.library.register_fake("glm52::topk_indices")
-def _topk_indices(logits, k, lengths=None):
+def _topk_indices(logits, k, lengths=None, row_starts=None):
     torch._check(logits.dim() == 2, lambda: f"glm52.topk_indices: argument 'logits' must be 2-D [R, L], got {list(logits.shape)}")
     return logits.new_empty((logits.shape[0], k), dtype=torch.int32)
 
 
 @torch.library.register_fake("glm52::topk_indices_out")
-def _topk_indices_out(logits, k, lengths, *, out):
+def _topk_indices_out(logits, k, lengths, row_starts=None, *, out):
     return None
 
 

@@ -4,16 +4,25 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["PROB_SUM_TOLERANCE", "sampling_probs", "spec_verify_greedy", "spec_verify_sampling"]
+__all__ = ["PROB_SUM_TOLERANCE", "sampling_probs", "spec_verify_greedy", "spec_verify_sampling", "spec_verify_workspace_bytes"]
 
 PROB_SUM_TOLERANCE = 1e-3
 """``validate=True`` rejects probability rows whose sum is further than this from 1."""
+
+
+def spec_verify_workspace_bytes(batch: int, n: int, vocab: int, sampling: bool) -> int:
+    """Bytes of device scratch :func:`spec_verify_greedy` (``sampling=False``) or
+    :func:`spec_verify_sampling` (``sampling=True``) use at most for ``[batch, n]`` drafts over
+    ``vocab`` tokens: the size of their optional ``workspace`` (uint8, 16-byte aligned). Without one
+    the CUDA kernels take it from the caching allocator; the CPU twins need none."""
+    return torch.ops.glm52.spec_verify_workspace_bytes(batch, n, vocab, sampling)
 
 
 def spec_verify_greedy(
     draft: torch.Tensor,
     target_logits: torch.Tensor,
     *,
+    workspace: torch.Tensor | None = None,
     out: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Verify draft tokens against the target model's argmax (greedy speculative decoding).
@@ -27,6 +36,8 @@ def spec_verify_greedy(
     target_logits : torch.Tensor
         ``[B, n + 1, V]`` bfloat16, float16 or float32, contiguous: the target's logits at the last
         verified token and at each draft token (row j scores the token after ``d_{j-1}``).
+    workspace : torch.Tensor, optional
+        Preallocated uint8 scratch of at least :func:`spec_verify_workspace_bytes` bytes.
     out : (tokens, num_emitted), optional
         Preallocated int32 ``[B, n + 1]`` and ``[B]``, contiguous, e.g. for CUDA graphs.
 
@@ -40,8 +51,8 @@ def spec_verify_greedy(
         No host synchronization.
     """
     if out is None:
-        return torch.ops.glm52.spec_verify_greedy(draft, target_logits)
-    torch.ops.glm52.spec_verify_greedy_out(draft, target_logits, tokens=out[0], num_emitted=out[1])
+        return torch.ops.glm52.spec_verify_greedy(draft, target_logits, workspace)
+    torch.ops.glm52.spec_verify_greedy_out(draft, target_logits, workspace, tokens=out[0], num_emitted=out[1])
     return out
 
 
@@ -53,6 +64,7 @@ def spec_verify_sampling(
     offset: int,
     *,
     validate: bool = False,
+    workspace: torch.Tensor | None = None,
     out: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Speculative sampling: the emitted tokens are distributed exactly as sampling the target.
@@ -76,6 +88,8 @@ def spec_verify_sampling(
         Check on the host that every probability row is finite, non-negative and sums to 1
         within :data:`PROB_SUM_TOLERANCE`, and raise ``ValueError`` otherwise. This reads the
         tensors back and synchronizes; the op itself never does.
+    workspace : torch.Tensor, optional
+        Preallocated uint8 scratch of at least :func:`spec_verify_workspace_bytes` bytes.
     out : (tokens, num_emitted), optional
         Preallocated int32 ``[B, n + 1]`` and ``[B]``, contiguous.
 
@@ -97,9 +111,9 @@ def spec_verify_sampling(
         if draft_probs is not None:
             _validate_probs(draft_probs, "draft_probs")
     if out is None:
-        return torch.ops.glm52.spec_verify_sampling(draft, draft_probs, target_probs, seed, offset)
+        return torch.ops.glm52.spec_verify_sampling(draft, draft_probs, target_probs, seed, offset, workspace)
     torch.ops.glm52.spec_verify_sampling_out(
-        draft, draft_probs, target_probs, seed, offset, tokens=out[0], num_emitted=out[1]
+        draft, draft_probs, target_probs, seed, offset, workspace, tokens=out[0], num_emitted=out[1]
     )
     return out
 
@@ -183,22 +197,22 @@ def _fake_outputs(draft):
 
 
 @torch.library.register_fake("glm52::spec_verify_greedy")
-def _spec_verify_greedy(draft, target_logits):
+def _spec_verify_greedy(draft, target_logits, workspace=None):
     torch._check(draft.dim() == 2, lambda: f"glm52.spec_verify_greedy: argument 'draft' must be 2-D [B, n], got {list(draft.shape)}")
     return _fake_outputs(draft)
 
 
 @torch.library.register_fake("glm52::spec_verify_greedy_out")
-def _spec_verify_greedy_out(draft, target_logits, *, tokens, num_emitted):
+def _spec_verify_greedy_out(draft, target_logits, workspace=None, *, tokens, num_emitted):
     return None
 
 
 @torch.library.register_fake("glm52::spec_verify_sampling")
-def _spec_verify_sampling(draft, draft_probs, target_probs, seed, offset):
+def _spec_verify_sampling(draft, draft_probs, target_probs, seed, offset, workspace=None):
     torch._check(draft.dim() == 2, lambda: f"glm52.spec_verify_sampling: argument 'draft' must be 2-D [B, n], got {list(draft.shape)}")
     return _fake_outputs(draft)
 
 
 @torch.library.register_fake("glm52::spec_verify_sampling_out")
-def _spec_verify_sampling_out(draft, draft_probs, target_probs, seed, offset, *, tokens, num_emitted):
+def _spec_verify_sampling_out(draft, draft_probs, target_probs, seed, offset, workspace=None, *, tokens, num_emitted):
     return None

@@ -136,15 +136,19 @@ def indexer_logits_paged(q8, weights, cache, block_table, lengths, max_len: int)
     return logits.masked_fill(~visible, -math.inf).float()
 
 
-def topk_indices(logits: torch.Tensor, k: int, lengths: torch.Tensor | None = None) -> torch.Tensor:
-    """Columns of the ``k`` largest finite entries of each row of ``logits [R, L]`` among its first
-    ``lengths[r]`` columns (all when None), ties to the lower column, listed in increasing column
-    order and −1 padded: int32 ``[R, k]``."""
+def topk_indices(
+    logits: torch.Tensor, k: int, lengths: torch.Tensor | None = None, row_starts: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Columns of the ``k`` largest finite entries of each row of ``logits [R, L]`` among its columns
+    ``[start, start + lengths[r])`` with ``start = row_starts[r]`` (0 when None; all remaining columns
+    when ``lengths`` is None; both clamped into the row), relative to ``start``, ties to the lower
+    column, listed in increasing column order and −1 padded: int32 ``[R, k]``."""
     r, cols = logits.shape
     out = torch.full((r, k), -1, dtype=torch.int32)
     for i in range(r):
-        n = cols if lengths is None else max(0, min(int(lengths[i]), cols))
-        row = logits[i, :n]
+        start = 0 if row_starts is None else max(0, min(int(row_starts[i]), cols))
+        n = cols - start if lengths is None else max(0, min(int(lengths[i]), cols - start))
+        row = logits[i, start : start + n]
         finite = torch.isfinite(row)
         # A stable descending sort keeps equal values in column order: ties go to the lower column.
         order = torch.sort(row.masked_fill(~finite, -math.inf), descending=True, stable=True).indices

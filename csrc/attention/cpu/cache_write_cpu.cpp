@@ -25,7 +25,7 @@ void quantize_group(const T* x, int n, bool ue8m0, uint8_t* codes, float* scale)
 
 void mla_cache_write_cpu(const at::Tensor& kv, const at::Tensor& slots, at::Tensor& cache) {
   const bool fp8 = check_mla_cache_write(kv, slots, cache);
-  const int64_t num_blocks = cache.size(0), token_bytes = cache.size(2);
+  const int64_t num_blocks = cache.size(0), token_bytes = cache.size(-1);
   const auto* x = kv.const_data_ptr<at::BFloat16>();
   const int64_t* slot = slots.const_data_ptr<int64_t>();
   uint8_t* base = cache.mutable_data_ptr<uint8_t>();

@@ -40,17 +40,18 @@ void topk_row(const float* x, int64_t len, int64_t k, int32_t* out) {
 }
 
 void topk_indices_out_cpu(const at::Tensor& logits, int64_t k, const std::optional<at::Tensor>& lengths,
-                          at::Tensor& out) {
-  check_topk(logits, k, lengths);
+                          const std::optional<at::Tensor>& row_starts, at::Tensor& out) {
+  check_topk(logits, k, lengths, row_starts);
   check_topk_out(logits, k, out);
-  const int64_t rows = logits.size(0), cols = logits.size(1);
+  const int64_t rows = logits.size(0), cols = logits.size(1), row_stride = logits.stride(0);
   const float* x = logits.const_data_ptr<float>();
   const int32_t* len = lengths ? lengths->const_data_ptr<int32_t>() : nullptr;
+  const int32_t* start = row_starts ? row_starts->const_data_ptr<int32_t>() : nullptr;
   int32_t* o = out.mutable_data_ptr<int32_t>();
   at::parallel_for(0, rows, 1, [&](int64_t r0, int64_t r1) {
     for (int64_t r = r0; r < r1; ++r) {
-      const int64_t n = len ? std::clamp<int64_t>(len[r], 0, cols) : cols;
-      topk_row(x + r * cols, n, k, o + r * k);
+      const TopkWindow w = topk_window(start, len, r, cols);
+      topk_row(x + r * row_stride + w.start, w.len, k, o + r * k);
     }
   });
 }

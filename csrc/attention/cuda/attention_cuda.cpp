@@ -86,12 +86,13 @@ void indexer_logits_paged_out_cuda(const at::Tensor& q8, const at::Tensor& weigh
 }
 
 void topk_indices_out_cuda(const at::Tensor& logits, int64_t k, const std::optional<at::Tensor>& lengths,
-                           at::Tensor& out) {
-  check_topk(logits, k, lengths);
+                           const std::optional<at::Tensor>& row_starts, at::Tensor& out) {
+  check_topk(logits, k, lengths, row_starts);
   check_topk_out(logits, k, out);
   const c10::cuda::CUDAGuard guard(logits.device());
-  TopkArgs args{logits.const_data_ptr<float>(), logits.size(0), logits.size(1),
-                lengths ? lengths->const_data_ptr<int32_t>() : nullptr, k, out.mutable_data_ptr<int32_t>()};
+  TopkArgs args{logits.const_data_ptr<float>(), logits.size(0), logits.size(1), logits.stride(0),
+                lengths ? lengths->const_data_ptr<int32_t>() : nullptr,
+                row_starts ? row_starts->const_data_ptr<int32_t>() : nullptr, k, out.mutable_data_ptr<int32_t>()};
   C10_CUDA_CHECK(launch_topk_indices(args, stream_of(logits)));
 }
 

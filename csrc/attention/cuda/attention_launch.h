@@ -53,9 +53,10 @@ struct IndexerLogitsArgs {
 };
 
 struct TopkArgs {
-  const float* logits;     // [rows, cols]
-  int64_t rows, cols;
-  const int32_t* lengths;  // [rows] or nullptr (all cols)
+  const float* logits;        // [rows, cols], rows row_stride elements apart
+  int64_t rows, cols, row_stride;
+  const int32_t* lengths;     // [rows] or nullptr (all cols from the start)
+  const int32_t* row_starts;  // [rows] or nullptr (0)
   int64_t k;
   int32_t* out;            // [rows, k]
 };

@@ -22,9 +22,9 @@ __global__ void __launch_bounds__(kThreads) topk_radix_select_kernel(TopkArgs a)
   __shared__ TopkSelection sel_smem;
 
   const int64_t row = blockIdx.x;
-  const float* x = a.logits + row * a.cols;
-  int64_t len = a.cols;
-  if (a.lengths != nullptr) len = min(max(int64_t{a.lengths[row]}, int64_t{0}), a.cols);
+  const TopkWindow window = topk_window(a.row_starts, a.lengths, row, a.cols);
+  const float* x = a.logits + row * a.row_stride + window.start;
+  const int64_t len = window.len;
   int32_t* out = a.out + row * a.k;
 
   TopkSelection sel{false, 0u, 0u};

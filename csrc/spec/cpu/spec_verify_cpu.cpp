@@ -35,11 +35,12 @@ void verify_greedy_cpu(const DraftT* draft, const T* logits, int32_t* tokens, in
   });
 }
 
-void spec_verify_greedy_out_cpu(const at::Tensor& draft, const at::Tensor& target_logits, at::Tensor& tokens,
-                                at::Tensor& num_emitted) {
+void spec_verify_greedy_out_cpu(const at::Tensor& draft, const at::Tensor& target_logits,
+                                const std::optional<at::Tensor>& workspace, at::Tensor& tokens, at::Tensor& num_emitted) {
   check_greedy_inputs(draft, target_logits);
   check_verify_outputs(draft, tokens, num_emitted, kGreedyOp);
   const int64_t batch = draft.size(0), n = draft.size(1), vocab = target_logits.size(2);
+  check_workspace(workspace, draft, vocab, false, kGreedyOp);
   AT_DISPATCH_INDEX_TYPES(draft.scalar_type(), kGreedyOp, [&] {
     using DraftT = index_t;
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, target_logits.scalar_type(), kGreedyOp, [&] {
@@ -78,11 +79,13 @@ void verify_sampling_cpu(const DraftT* draft, const float* draft_probs, const fl
 }
 
 void spec_verify_sampling_out_cpu(const at::Tensor& draft, const std::optional<at::Tensor>& draft_probs,
-                                  const at::Tensor& target_probs, int64_t seed, int64_t offset, at::Tensor& tokens,
+                                  const at::Tensor& target_probs, int64_t seed, int64_t offset,
+                                  const std::optional<at::Tensor>& workspace, at::Tensor& tokens,
                                   at::Tensor& num_emitted) {
   check_sampling_inputs(draft, draft_probs, target_probs);
   check_verify_outputs(draft, tokens, num_emitted, kSamplingOp);
   const int64_t batch = draft.size(0), n = draft.size(1), vocab = target_probs.size(2);
+  check_workspace(workspace, draft, vocab, true, kSamplingOp);
   AT_DISPATCH_INDEX_TYPES(draft.scalar_type(), kSamplingOp, [&] {
     verify_sampling_cpu(draft.const_data_ptr<index_t>(),
                         draft_probs.has_value() ? draft_probs->const_data_ptr<float>() : nullptr,

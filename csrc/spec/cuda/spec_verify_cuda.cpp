@@ -10,40 +10,57 @@
 #include <c10/cuda/CUDAStream.h>
 #include <torch/library.h>
 
+#include <algorithm>
+
 namespace glm52::spec {
 namespace {
 
 int sm_count() { return at::cuda::getCurrentDeviceProperties()->multiProcessorCount; }
 
-void spec_verify_greedy_out_cuda(const at::Tensor& draft, const at::Tensor& target_logits, at::Tensor& tokens,
+// The caller's workspace, or one from the caching allocator (CUDA-graph safe) of the bound's size.
+at::Tensor workspace_or_new(const std::optional<at::Tensor>& workspace, const at::Tensor& draft, int64_t vocab,
+                            bool sampling) {
+  if (workspace.has_value()) return *workspace;
+  const int64_t bytes = spec_verify_workspace_bytes(draft.size(0), draft.size(1), vocab, sampling);
+  return at::empty({std::max<int64_t>(bytes, 1)}, draft.options().dtype(at::kByte));
+}
+
+void spec_verify_greedy_out_cuda(const at::Tensor& draft, const at::Tensor& target_logits,
+                                 const std::optional<at::Tensor>& workspace, at::Tensor& tokens,
                                  at::Tensor& num_emitted) {
   check_greedy_inputs(draft, target_logits);
   check_verify_outputs(draft, tokens, num_emitted, kGreedyOp);
-  const c10::cuda::CUDAGuard guard(draft.device());
   const int64_t batch = draft.size(0), n = draft.size(1), vocab = target_logits.size(2);
+  check_workspace(workspace, draft, vocab, false, kGreedyOp);
+  const c10::cuda::CUDAGuard guard(draft.device());
   const int64_t splits = plan_greedy_splits(batch * (n + 1), vocab, sm_count());
-  auto partial_value = at::empty({batch * (n + 1), splits}, target_logits.options().dtype(at::kFloat));
-  auto partial_index = at::empty({batch * (n + 1), splits}, target_logits.options().dtype(at::kInt));
+  // [rows, splits] fp32 maxima, then (16-byte aligned) their int32 indices: within the bound, which
+  // is computed for greedy_max_splits >= splits.
+  auto scratch = workspace_or_new(workspace, draft, vocab, false);
+  char* base = static_cast<char*>(scratch.mutable_data_ptr());
+  const int64_t part = spec_verify_workspace_bytes(batch, n, vocab, false) / 2;
   GreedyVerifyArgs args{draft.const_data_ptr(), draft.scalar_type() == at::kLong, target_logits.const_data_ptr(),
-                        launch_dtype(target_logits.scalar_type()), partial_value.mutable_data_ptr<float>(),
-                        partial_index.mutable_data_ptr<int32_t>(), tokens.mutable_data_ptr<int32_t>(),
+                        launch_dtype(target_logits.scalar_type()), reinterpret_cast<float*>(base),
+                        reinterpret_cast<int32_t*>(base + part), tokens.mutable_data_ptr<int32_t>(),
                         num_emitted.mutable_data_ptr<int32_t>(), batch, n, vocab, splits};
   C10_CUDA_CHECK(launch_spec_verify_greedy(args, c10::cuda::getCurrentCUDAStream()));
 }
 
 void spec_verify_sampling_out_cuda(const at::Tensor& draft, const std::optional<at::Tensor>& draft_probs,
-                                   const at::Tensor& target_probs, int64_t seed, int64_t offset, at::Tensor& tokens,
+                                   const at::Tensor& target_probs, int64_t seed, int64_t offset,
+                                   const std::optional<at::Tensor>& workspace, at::Tensor& tokens,
                                    at::Tensor& num_emitted) {
   check_sampling_inputs(draft, draft_probs, target_probs);
   check_verify_outputs(draft, tokens, num_emitted, kSamplingOp);
-  const c10::cuda::CUDAGuard guard(draft.device());
   const int64_t batch = draft.size(0), n = draft.size(1), vocab = target_probs.size(2);
-  auto tile_totals = at::empty({batch, scan_tiles(vocab)}, target_probs.options());
+  check_workspace(workspace, draft, vocab, true, kSamplingOp);
+  const c10::cuda::CUDAGuard guard(draft.device());
+  auto tile_totals = workspace_or_new(workspace, draft, vocab, true);  // [batch, scan_tiles(vocab)] fp32
   SamplingVerifyArgs args{draft.const_data_ptr(),
                           draft.scalar_type() == at::kLong,
                           draft_probs.has_value() ? draft_probs->const_data_ptr<float>() : nullptr,
                           target_probs.const_data_ptr<float>(),
-                          tile_totals.mutable_data_ptr<float>(),
+                          static_cast<float*>(tile_totals.mutable_data_ptr()),
                           tokens.mutable_data_ptr<int32_t>(),
                           num_emitted.mutable_data_ptr<int32_t>(),
                           batch,

@@ -43,7 +43,7 @@ struct SamplingVerifyArgs {
 // The argmax order is total, so the split count never changes the result.
 inline int64_t plan_greedy_splits(int64_t rows, int64_t vocab, int sm_count) {
   const int64_t want = rows > 0 ? ceil_div(4 * int64_t{sm_count}, rows) : 1;
-  const int64_t most = vocab / 2048 > 65535 ? 65535 : (vocab / 2048 > 1 ? vocab / 2048 : 1);
+  const int64_t most = greedy_max_splits(vocab);
   return want < 1 ? 1 : (want > most ? most : want);
 }
 
