@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 import torch
 
 from . import kernels
+from .counters import OpCounter, OpCounts
 from .kv_cache import BlockAllocator, CacheView, PagedKVCache
 from .model import GLM52ForCausalLM
 
@@ -98,6 +99,8 @@ class Engine:
         self.device, self.dtype = weight.device, weight.dtype
         self.cache = PagedKVCache.from_budget(config, cache_bytes, self.dtype, self.device, cache_format)
         self.allocator = BlockAllocator(self.cache.num_slots // 64)
+        self.count_step_ops = False  # True: count each decode step's ops and host syncs into step_counts
+        self.step_counts: list[OpCounts] = []
 
     # ---- one forward over chosen positions ------------------------------------------------
     def _view(self, seqs: list[_Sequence], positions: list[list[int]]) -> tuple[CacheView, torch.Tensor]:
@@ -185,8 +188,9 @@ class Engine:
             for s in seqs:
                 self._finish_if_done(s, max_new_tokens)
             steps, emitted, per_step = 0, 0, []
+            self.step_counts = []
             while live := [s for s in seqs if not s.done]:
-                n_out = self._step(live, sp, gen, offset=steps)
+                n_out = self._counted_step(live, sp, gen, offset=steps)
                 steps += 1
                 emitted += sum(n_out)
                 per_step.append(sum(n_out) / len(n_out))
@@ -207,6 +211,14 @@ class Engine:
         for row, s in enumerate(seqs):
             s.tokens.append(int(first[row]))
             s.fresh_hidden, s.fresh_from = hidden[row, : s.prompt_len], 0
+
+    def _counted_step(self, seqs: list[_Sequence], sp: SamplingParams, gen: torch.Generator, offset: int) -> list[int]:
+        if not self.count_step_ops:
+            return self._step(seqs, sp, gen, offset)
+        with OpCounter(self.model) as counter:
+            n_out = self._step(seqs, sp, gen, offset)
+        self.step_counts.append(counter.counts)
+        return n_out
 
     def _step(self, seqs: list[_Sequence], sp: SamplingParams, gen: torch.Generator, offset: int) -> list[int]:
         """One draft + verify round (or one plain token); returns tokens emitted per sequence.
