@@ -28,12 +28,12 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from harness import environment, parse_args, progress, report  # noqa: E402
+from harness import environment, parse_args, progress, report, time_ms  # noqa: E402
 
 from glm52 import GLM52Config, GLM52ForCausalLM  # noqa: E402
 from glm52.checkpoint import init_random_, quantize_checkpoint, save_checkpoint  # noqa: E402
 from glm52.counters import OpCounter  # noqa: E402
-from glm52.engine import Engine  # noqa: E402
+from glm52.engine import Engine, SamplingParams, _Sequence  # noqa: E402
 from glm52.synthetic import bigram_model  # noqa: E402
 
 BASELINE_TINY_TOKENS_PER_S = 50.0  # plain decoding before issue 11 (~20 ms per token, 2 CPU cores)
@@ -106,10 +106,33 @@ def cpu_rows(device: str, quick: bool) -> list[dict]:
     return rows
 
 
+def gpu_rows(args) -> list[dict]:
+    """Plain decode step time (greedy, one token per sequence) eager vs CUDA-graph replay."""
+    model = glm5_shaped_model("cuda")
+    rows = []
+    for batch in (1, 8) if args.quick else (1, 8, 64, 256):
+        times = {}
+        for graphs in (False, True):
+            progress(f"decode step batch={batch} cuda_graphs={graphs}")
+            engine = Engine(model, spec_steps=0, cache_bytes=1 << 30, cuda_graphs=graphs)
+            seqs = [_Sequence(i, list(p), len(p)) for i, p in enumerate(prompts(model.config, batch))]
+            sp = SamplingParams(temperature=0.0)
+            engine._prefill(seqs, sp)
+            times[graphs] = time_ms(lambda _: engine._step(seqs, sp), "cuda", args.iters, args.warmup, 1)
+            for s in seqs:
+                engine.allocator.release(s.seq_id)
+        rows.append({"figure": f"glm5-shaped plain step batch={batch}", "eager_ms": times[False],
+                     "graph_ms": times[True], "time_us": 1e3 * times[True], "baseline": "eager step",
+                     "frac_of_eager": times[True] / times[False]})
+    return rows
+
+
 def main(argv=None) -> int:
     args = parse_args(__doc__, argv)
-    rows = cpu_rows(args.device, args.quick)
-    report("decode", rows, environment(args.device), args.out)
+    meta = environment(args.device)
+    report("decode", cpu_rows(args.device, args.quick), meta, args.out)
+    if args.device == "cuda":
+        report("decode_graphs", gpu_rows(args), meta, args.out)
     return 0
 
 

@@ -23,6 +23,9 @@ def op_samples(device):
     draft_probs = torch.softmax(torch.randn(3, 3, 1100, generator=g), dim=-1)
     d = device
 
+    def rng():
+        return torch.tensor(5, device=d), torch.tensor(6, device=d)
+
     def verify_out():
         return {"tokens": torch.empty(3, 4, dtype=torch.int32, device=d),
                 "num_emitted": torch.empty(3, dtype=torch.int32, device=d)}
@@ -41,8 +44,27 @@ def op_samples(device):
         (torch.ops.glm52.spec_verify_sampling.default, (draft.to(d), None, probs.to(d), 1, 2), {}),
         (torch.ops.glm52.spec_verify_sampling_out.default, (draft.to(d), draft_probs.to(d), probs.to(d), 3, 4),
          verify_out()),
+        (torch.ops.glm52.spec_verify_sampling.tensor, (draft.to(d), draft_probs.to(d), probs.to(d), *rng()), {}),
+        (torch.ops.glm52.spec_verify_sampling_out.tensor, (draft.to(d), None, probs.to(d), *rng()), verify_out()),
     ]
-    return samples + moe_samples(device) + attention_samples(device)
+    return samples + moe_samples(device) + attention_samples(device) + norm_samples(device)
+
+
+def norm_samples(d):
+    """RMSNorm, plain and fused with the residual add; a row longer than the kernel's 256 lanes."""
+    g = torch.Generator().manual_seed(2)
+    x, r = torch.randn(2, 3, 300, generator=g), torch.randn(2, 3, 300, generator=g)
+    w = torch.randn(300, generator=g)
+    glm = torch.ops.glm52
+    return [
+        (glm.rms_norm.default, (x.to(d), w.to(d), 1e-6), {}),
+        (glm.rms_norm_out.default, (x.bfloat16().to(d), w.bfloat16().to(d), 1e-5),
+         {"out": torch.empty(2, 3, 300, dtype=torch.bfloat16, device=d)}),
+        (glm.add_rms_norm.default, (x.to(d), r.to(d), w.to(d), 1e-6), {}),
+        (glm.add_rms_norm_out.default, (x.half().to(d), r.half().to(d), w.half().to(d), 1e-6),
+         {"out": torch.empty(2, 3, 300, dtype=torch.half, device=d),
+          "sum": torch.empty(2, 3, 300, dtype=torch.half, device=d)}),
+    ]
 
 
 def moe_samples(device):

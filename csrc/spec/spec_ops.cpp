@@ -37,6 +37,23 @@ std::tuple<at::Tensor, at::Tensor> spec_verify_sampling(const at::Tensor& draft,
   return {tokens, num_emitted};
 }
 
+// The same with seed and offset read from device tensors (CUDA graphs: the offset advances on the
+// device between replays).
+std::tuple<at::Tensor, at::Tensor> spec_verify_sampling_tensor(const at::Tensor& draft,
+                                                               const std::optional<at::Tensor>& draft_probs,
+                                                               const at::Tensor& target_probs, const at::Tensor& seed,
+                                                               const at::Tensor& offset) {
+  check_sampling_inputs(draft, draft_probs, target_probs);
+  check_rng_tensors(draft, seed, offset);
+  auto [tokens, num_emitted] = empty_verify_outputs(draft);
+  static auto op = c10::Dispatcher::singleton()
+                       .findSchemaOrThrow("glm52::spec_verify_sampling_out", "tensor")
+                       .typed<void(const at::Tensor&, const std::optional<at::Tensor>&, const at::Tensor&,
+                                   const at::Tensor&, const at::Tensor&, at::Tensor&, at::Tensor&)>();
+  op.call(draft, draft_probs, target_probs, seed, offset, tokens, num_emitted);
+  return {tokens, num_emitted};
+}
+
 }  // namespace
 
 TORCH_LIBRARY_FRAGMENT(glm52, m) {
@@ -45,11 +62,17 @@ TORCH_LIBRARY_FRAGMENT(glm52, m) {
   m.def("spec_verify_sampling(Tensor draft, Tensor? draft_probs, Tensor target_probs, int seed, int offset) -> (Tensor, Tensor)");
   m.def("spec_verify_sampling_out(Tensor draft, Tensor? draft_probs, Tensor target_probs, int seed, int offset, *, "
         "Tensor(a!) tokens, Tensor(b!) num_emitted) -> ()");
+  // seed, offset: int64 tensors of one element on draft's device, read by the kernel itself.
+  m.def("spec_verify_sampling.tensor(Tensor draft, Tensor? draft_probs, Tensor target_probs, Tensor seed, "
+        "Tensor offset) -> (Tensor, Tensor)");
+  m.def("spec_verify_sampling_out.tensor(Tensor draft, Tensor? draft_probs, Tensor target_probs, Tensor seed, "
+        "Tensor offset, *, Tensor(a!) tokens, Tensor(b!) num_emitted) -> ()");
 }
 
 TORCH_LIBRARY_IMPL(glm52, CompositeExplicitAutograd, m) {
   m.impl("spec_verify_greedy", &spec_verify_greedy);
   m.impl("spec_verify_sampling", &spec_verify_sampling);
+  m.impl("spec_verify_sampling.tensor", &spec_verify_sampling_tensor);
 }
 
 }  // namespace glm52::spec

@@ -26,6 +26,7 @@ __all__ = [
     "fp8_grouped_gemm_masked",
     "grouped_gemm_m_alignment",
     "moe_permute",
+    "moe_permute_masked",
     "moe_route",
     "moe_unpermute",
     "permuted_rows_bound",
@@ -215,6 +216,54 @@ def moe_permute(
     return torch.ops.glm52.moe_permute(x, x_scale, ids, num_experts, alignment)
 
 
+def moe_permute_masked(
+    x: torch.Tensor, x_scale: torch.Tensor | None, ids: torch.Tensor, num_experts: int
+) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor, torch.Tensor]:
+    """Token rows -> the masked (decode) layout of :func:`fp8_grouped_gemm_masked`, bounded by the
+    tokens present: an expert gets at most one row per token (:func:`moe_route` picks distinct
+    experts), so ``m_max = T``.
+
+    Parameters
+    ----------
+    x, x_scale : torch.Tensor
+        ``[T, K]`` rows and their ``[T, G]`` float32 scales (or None), as :func:`moe_permute` takes.
+    ids : torch.Tensor
+        ``[T, top_k]`` int32 local expert ids, distinct per token; ids outside ``[0, num_experts)``
+        are dropped.
+    num_experts : int
+        Local experts E.
+
+    Returns
+    -------
+    (out, out_scale, masked_m, row_map) : tuple
+        ``out [E, T, K]`` (x's dtype), ``out_scale [E, T, G]`` (None without x_scale), ``masked_m
+        [E]`` int32 and ``row_map [T, top_k]`` int32: ``out.view(E * T, K)[row_map[t, j]] = x[t]``,
+        expert e's rows first-come in flattened ``t * top_k + j`` order, −1 for dropped ids, so
+        :func:`moe_unpermute` over the ``[E * T, N]`` GEMM output combines them. Rows at or past
+        ``masked_m[e]`` are unspecified. Plain torch ops, no host sync (CUDA-graph safe).
+    """
+    tokens, top_k = ids.shape
+    flat = ids.reshape(-1).long()
+    valid = (flat >= 0) & (flat < num_experts)
+    expert = torch.where(valid, flat, num_experts)  # column E collects the dropped entries
+    hits = (expert[:, None] == torch.arange(num_experts + 1, device=ids.device)).int()
+    rank = hits.cumsum(0).gather(1, expert[:, None]).squeeze(1) - 1
+    masked_m = hits[:, :num_experts].sum(0, dtype=torch.int32)
+    spare = num_experts * tokens  # one extra row takes every dropped entry
+    dest = torch.where(valid, expert * tokens + rank, spare)
+    source = torch.arange(tokens * top_k, device=ids.device) // top_k  # the token of each entry
+
+    def scatter(rows: torch.Tensor) -> torch.Tensor:
+        out = rows.new_empty((spare + 1, rows.shape[1]))
+        # Moved as bytes: index_copy_ has no float8 kernel on the CPU.
+        byte = (lambda t: t.view(torch.uint8)) if rows.dtype == torch.float8_e4m3fn else (lambda t: t)
+        byte(out).index_copy_(0, dest, byte(rows)[source])
+        return out[:spare].view(num_experts, tokens, rows.shape[1])
+
+    row_map = torch.where(valid, dest, -1).int().view(tokens, top_k)
+    return scatter(x), None if x_scale is None else scatter(x_scale), masked_m, row_map
+
+
 def moe_unpermute(
     y: torch.Tensor, weights: torch.Tensor, row_map: torch.Tensor, *, out: torch.Tensor | None = None
 ) -> torch.Tensor:
@@ -253,6 +302,12 @@ def silu_and_mul_quant_fp8(
 # Composites: the FP8 MoE layer built from the ops above (what the model's MoE layers run).
 
 
+MASKED_LAYOUT_MAX_TOKENS = 64
+"""Up to this many tokens :func:`fp8_moe_experts` runs the masked (decode) layout: ``E x T`` rows
+of which only the routed ones are computed, against the contiguous layout's static bound of
+``T * top_k + min(E, T * top_k) * 127`` rows (1,024 rows for one token at top-8)."""
+
+
 def fp8_moe_experts(
     x: torch.Tensor,
     weights: torch.Tensor,
@@ -266,7 +321,9 @@ def fp8_moe_experts(
     """This rank's routed-expert sum ``sum_j weights[t, j] * down_e(silu(gate_e x_t) * up_e x_t)``.
 
     quantize x -> permute (FP8 rows with their scales) -> grouped GEMM (gate+up fused) ->
-    SwiGLU + quantize -> grouped GEMM (down) -> weighted combine. No host sync.
+    SwiGLU + quantize -> grouped GEMM (down) -> weighted combine. No host sync. Up to
+    :data:`MASKED_LAYOUT_MAX_TOKENS` tokens the masked layout (:func:`moe_permute_masked`,
+    :func:`fp8_grouped_gemm_masked`), beyond it the contiguous one.
 
     Parameters
     ----------
@@ -289,7 +346,17 @@ def fp8_moe_experts(
         ``[T, H]`` in x's dtype (the fp32 combine rounded once).
     """
     xq, x_scale = torch.ops.glm52.quant_fp8_per_token_group(x, 128, False)
-    a, a_scale, m_indices, row_map = moe_permute(xq, x_scale, ids - first_expert, w13.shape[0])
+    num_experts, tokens = w13.shape[0], x.shape[0]
+    if tokens <= MASKED_LAYOUT_MAX_TOKENS:
+        # Decode: the masked layout, E x T rows of which the GEMMs compute only the routed ones.
+        a, a_scale, masked_m, row_map = moe_permute_masked(xq, x_scale, ids - first_expert, num_experts)
+        expected_m = max(1, tokens * ids.shape[1] // max(num_experts, 1))
+        h = fp8_grouped_gemm_masked(a, a_scale, w13, w13_scale, masked_m, expected_m)
+        hq, h_scale = silu_and_mul_quant_fp8(h.view(num_experts * tokens, -1))
+        y = fp8_grouped_gemm_masked(hq.view(num_experts, tokens, -1), h_scale.view(num_experts, tokens, -1), w2,
+                                    w2_scale, masked_m, expected_m)
+        return moe_unpermute(y.view(num_experts * tokens, -1), weights, row_map).to(x.dtype)
+    a, a_scale, m_indices, row_map = moe_permute(xq, x_scale, ids - first_expert, num_experts)
     h = fp8_grouped_gemm_contiguous(a, a_scale, w13, w13_scale, m_indices)
     hq, h_scale = silu_and_mul_quant_fp8(h)
     y = fp8_grouped_gemm_contiguous(hq, h_scale, w2, w2_scale, m_indices)

@@ -32,6 +32,7 @@ from .attention import (
     sparse_mla_prefill,
     topk_indices,
 )
+from .norm import add_rms_norm, rms_norm
 from .quant import (
     FP8_E4M3_MAX,
     QUANT_AMAX_EPS,
@@ -49,6 +50,7 @@ __all__ = [
     "MLA_BF16_TOKEN_BYTES",
     "MLA_FP8_TOKEN_BYTES",
     "QUANT_AMAX_EPS",
+    "add_rms_norm",
     "ceil_div",
     "dequant_fp8_block",
     "fp8_gemm",
@@ -68,6 +70,7 @@ __all__ = [
     "philox_uniform",
     "positions_to_slots",
     "quant_fp8_per_token_group",
+    "rms_norm",
     "round_scale_to_ue8m0",
     "sample_inverse_cdf",
     "silu_and_mul",

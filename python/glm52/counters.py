@@ -39,6 +39,8 @@ _HOST_READS = {"_local_scalar_dense", "is_nonzero", "equal"}
 # Ops whose output size depends on tensor values (the host must wait to size the output).
 _VALUE_SHAPED = {"nonzero", "unique", "_unique", "_unique2", "unique_dim", "unique_consecutive",
                  "unique_dim_consecutive", "masked_select", "bincount", "argwhere"}
+# Not declared as views, but they only make a new tensor header over the same storage (no launch).
+_METADATA_ONLY = {aten._unsafe_view.default, aten.lift_fresh.default}
 # Python-level reads that bypass the dispatcher on CPU tensors.
 _PYTHON_READS = {torch.Tensor.tolist, torch.Tensor.numpy}
 
@@ -134,7 +136,7 @@ class OpCounter:
         reason = sync_reason(func, args, kwargs)
         if reason is not None:
             self._sync(reason)
-        if func.is_view:
+        if func.is_view or func in _METADATA_ONLY:
             return
         self.counts.ops += 1
         self.counts.op_names[func._schema.name.split("::")[-1]] += 1

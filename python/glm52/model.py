@@ -34,8 +34,8 @@ class DecoderLayer(nn.Module):
         self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, view: CacheView, topk: torch.Tensor | None
     ) -> tuple[torch.Tensor, torch.Tensor]:
         a, topk = self.self_attn(self.input_layernorm(x), cos, sin, view, topk)
-        h = x + a
-        return h + self.mlp(self.post_attention_layernorm(h)), topk
+        n, h = self.post_attention_layernorm.add(a, x)  # h = x + a, fused with the norm
+        return h + self.mlp(n), topk
 
 
 class SharedHead(nn.Module):
@@ -131,19 +131,24 @@ class GLM52ForCausalLM(nn.Module):
         load_checkpoint(model, path, dtype=dtype, device=device)
         return model.eval()
 
-    def _check_ids(self, name: str, ids: torch.Tensor) -> None:
+    def _check_ids(self, name: str, ids: torch.Tensor, check_values: bool = True) -> None:
+        """Type and shape always (host metadata); the value range only with ``check_values``, since
+        reading ``ids.min()``/``max()`` is a host sync."""
         if not isinstance(ids, torch.Tensor) or ids.dim() != 2 or ids.dtype not in (torch.int32, torch.int64):
             got = f"{ids.dtype} {tuple(ids.shape)}" if isinstance(ids, torch.Tensor) else type(ids).__name__
             raise ValueError(f"{name} must be an int32/int64 tensor [batch, tokens]; got {got}")
         if ids.shape[1] == 0:
             raise ValueError(f"{name} must hold at least one token per sequence; got shape {tuple(ids.shape)}")
-        if ids.numel() and (ids.min() < 0 or ids.max() >= self.config.vocab_size):
+        if check_values and ids.numel() and (ids.min() < 0 or ids.max() >= self.config.vocab_size):
             raise ValueError(f"{name} values must lie in [0, {self.config.vocab_size}); "
                              f"got min {int(ids.min())}, max {int(ids.max())}")
 
-    def hidden_states(self, input_ids: torch.Tensor, view: CacheView | None = None) -> torch.Tensor:
-        """Final-normed hidden states ``[B, T, hidden]`` (what the MTP layer takes as ``h_t``)."""
-        self._check_ids("input_ids", input_ids)
+    def hidden_states(self, input_ids: torch.Tensor, view: CacheView | None = None,
+                      check_values: bool = True) -> torch.Tensor:
+        """Final-normed hidden states ``[B, T, hidden]`` (what the MTP layer takes as ``h_t``).
+        ``check_values=False`` skips the id range check (a host sync) for ids known to be valid
+        (the engine's: prompts checked on the host, the rest sampled)."""
+        self._check_ids("input_ids", input_ids, check_values)
         return self.model(input_ids, view)
 
     def forward(self, input_ids: torch.Tensor, view: CacheView | None = None) -> torch.Tensor:
@@ -153,16 +158,18 @@ class GLM52ForCausalLM(nn.Module):
         return self.lm_head(self.hidden_states(input_ids, view))
 
     def mtp(self, hidden: torch.Tensor, next_ids: torch.Tensor, depth: int = 0, view: CacheView | None = None,
-            shared_topk: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+            shared_topk: torch.Tensor | None = None, check_values: bool = True,
+            ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """MTP draft: ``hidden [B, T, hidden]`` holds h_t for the positions of ``view`` (from
         :meth:`hidden_states`, or the MTP layer's own output for later draft steps) and
         ``next_ids [B, T]`` the tokens t+1. Returns (MTP hidden states ``[B, T, hidden]``, logits for
         tokens t+2 ``[B, T, vocab]``, the cache slots attended to ``[B, T, k]``). ``shared_topk``
-        reuses an earlier step's selection instead of running the MTP layer's indexer."""
+        reuses an earlier step's selection instead of running the MTP layer's indexer;
+        ``check_values`` as in :meth:`hidden_states`."""
         n_mtp = self.config.num_nextn_predict_layers
         if not 0 <= depth < n_mtp:
             raise ValueError(f"depth must be in [0, {n_mtp}) (num_nextn_predict_layers); got {depth}")
-        self._check_ids("next_ids", next_ids)
+        self._check_ids("next_ids", next_ids, check_values)
         if hidden.dim() != 3 or hidden.shape[:2] != next_ids.shape or hidden.shape[2] != self.config.hidden_size:
             raise ValueError(f"hidden must be [batch, tokens, {self.config.hidden_size}] matching next_ids "
                              f"{tuple(next_ids.shape)}; got {tuple(hidden.shape)}")

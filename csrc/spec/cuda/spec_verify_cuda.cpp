@@ -31,9 +31,10 @@ void spec_verify_greedy_out_cuda(const at::Tensor& draft, const at::Tensor& targ
   C10_CUDA_CHECK(launch_spec_verify_greedy(args, c10::cuda::getCurrentCUDAStream()));
 }
 
-void spec_verify_sampling_out_cuda(const at::Tensor& draft, const std::optional<at::Tensor>& draft_probs,
-                                   const at::Tensor& target_probs, int64_t seed, int64_t offset, at::Tensor& tokens,
-                                   at::Tensor& num_emitted) {
+// seed_ptr / offset_ptr: one-element int64 device tensors the kernels read (nullptr: use the values).
+void launch_sampling(const at::Tensor& draft, const std::optional<at::Tensor>& draft_probs,
+                     const at::Tensor& target_probs, uint64_t seed, uint64_t offset, const int64_t* seed_ptr,
+                     const int64_t* offset_ptr, at::Tensor& tokens, at::Tensor& num_emitted) {
   check_sampling_inputs(draft, draft_probs, target_probs);
   check_verify_outputs(draft, tokens, num_emitted, kSamplingOp);
   const c10::cuda::CUDAGuard guard(draft.device());
@@ -49,9 +50,26 @@ void spec_verify_sampling_out_cuda(const at::Tensor& draft, const std::optional<
                           batch,
                           n,
                           vocab,
-                          static_cast<uint64_t>(seed),
-                          static_cast<uint64_t>(offset)};
+                          seed,
+                          offset,
+                          seed_ptr,
+                          offset_ptr};
   C10_CUDA_CHECK(launch_spec_verify_sampling(args, sm_count(), c10::cuda::getCurrentCUDAStream()));
+}
+
+void spec_verify_sampling_out_cuda(const at::Tensor& draft, const std::optional<at::Tensor>& draft_probs,
+                                   const at::Tensor& target_probs, int64_t seed, int64_t offset, at::Tensor& tokens,
+                                   at::Tensor& num_emitted) {
+  launch_sampling(draft, draft_probs, target_probs, static_cast<uint64_t>(seed), static_cast<uint64_t>(offset),
+                  nullptr, nullptr, tokens, num_emitted);
+}
+
+void spec_verify_sampling_tensor_out_cuda(const at::Tensor& draft, const std::optional<at::Tensor>& draft_probs,
+                                          const at::Tensor& target_probs, const at::Tensor& seed,
+                                          const at::Tensor& offset, at::Tensor& tokens, at::Tensor& num_emitted) {
+  check_rng_tensors(draft, seed, offset);
+  launch_sampling(draft, draft_probs, target_probs, 0, 0, seed.const_data_ptr<int64_t>(),
+                  offset.const_data_ptr<int64_t>(), tokens, num_emitted);
 }
 
 }  // namespace
@@ -59,6 +77,7 @@ void spec_verify_sampling_out_cuda(const at::Tensor& draft, const std::optional<
 TORCH_LIBRARY_IMPL(glm52, CUDA, m) {
   m.impl("spec_verify_greedy_out", &spec_verify_greedy_out_cuda);
   m.impl("spec_verify_sampling_out", &spec_verify_sampling_out_cuda);
+  m.impl("spec_verify_sampling_out.tensor", &spec_verify_sampling_tensor_out_cuda);
 }
 
 }  // namespace glm52::spec

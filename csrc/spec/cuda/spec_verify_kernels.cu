@@ -157,6 +157,13 @@ __device__ int32_t block_max(int32_t v, ScanShared& sh) {
   return r;
 }
 
+// The Philox key and stream of a launch: read from the device when given as tensors, so a replayed
+// CUDA graph uses the offset the graph itself advanced.
+__device__ __forceinline__ void resolve_rng(SamplingVerifyArgs& a) {
+  if (a.seed_ptr) a.seed = static_cast<uint64_t>(*a.seed_ptr);
+  if (a.offset_ptr) a.offset = static_cast<uint64_t>(*a.offset_ptr);
+}
+
 // The stop position k of batch row b: warp 0 runs 32 accept tests at a time, the first failure
 // (ballot) stops. Every thread of the block gets k.
 template <typename DraftT>
@@ -227,6 +234,7 @@ __device__ __forceinline__ void running_partials(const float (&x)[kScanPerThread
 // with all their loads issued first.
 template <typename DraftT, bool kVec, int kTiles>
 __global__ void __launch_bounds__(kThreads) spec_sampling_tile_totals_kernel(SamplingVerifyArgs a) {
+  resolve_rng(a);
   __shared__ ScanShared sh;
   __shared__ int64_t shared_k;
   const int64_t b = blockIdx.x;
@@ -325,6 +333,7 @@ __device__ int64_t sample_from_tile_totals(const StopRow& r, const float* totals
 // One block per batch row: writes the accepted prefix, samples the token at the stop position.
 template <typename DraftT, bool kVec>
 __global__ void __launch_bounds__(kThreads) spec_sampling_resample_kernel(SamplingVerifyArgs a) {
+  resolve_rng(a);
   __shared__ ScanShared sh;
   __shared__ float cum[kScanTile];
   __shared__ int64_t shared_k;
