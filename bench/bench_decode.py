@@ -60,14 +60,16 @@ def prompts(config: GLM52Config, batch: int, length: int = 24, seed: int = 0) ->
     return [torch.randint(2, config.vocab_size, (length,), generator=g).tolist() for _ in range(batch)]
 
 
-def step_costs(model: GLM52ForCausalLM, spec_steps: int, steps: int = 3) -> tuple[float, float]:
-    """(host syncs per step, non-view ops per main decoder layer per step), decode steps only."""
+def step_costs(model: GLM52ForCausalLM, spec_steps: int, steps: int = 3) -> tuple[float, float, float]:
+    """(host syncs per step, non-view ops per main decoder layer per step, microseconds per step
+    while counting), decode steps only."""
     engine = Engine(model, spec_steps=spec_steps, cache_bytes=32 << 20)
     engine.count_step_ops = True
-    engine.generate(prompts(model.config, 1), 1 + steps * (spec_steps + 1))
+    result = engine.generate(prompts(model.config, 1), 1 + steps * (spec_steps + 1))
     counts = engine.step_counts[:steps]
     main = list(range(model.config.num_hidden_layers))
-    return sum(c.syncs for c in counts) / len(counts), sum(c.ops_per_layer(main) for c in counts) / len(counts)
+    return (sum(c.syncs for c in counts) / len(counts), sum(c.ops_per_layer(main) for c in counts) / len(counts),
+            1e6 * result.seconds / max(result.verify_steps, 1))
 
 
 def tokens_per_second(model: GLM52ForCausalLM, spec_steps: int, batch: int, new_tokens: int) -> tuple[float, float]:
@@ -86,14 +88,14 @@ def cpu_rows(device: str, quick: bool) -> list[dict]:
     progress("GLM-5.x-shaped model: syncs and ops per step")
     glm5 = glm5_shaped_model(device)
     for spec_steps in (0, 3):
-        syncs, ops = step_costs(glm5, spec_steps)
+        syncs, ops, step_us = step_costs(glm5, spec_steps)
         rows.append({"figure": f"glm5-shaped {'plain step' if not spec_steps else 'spec round (MTP x3)'}",
-                     "syncs_per_step": syncs, "ops_per_layer": ops, "time_us": 0.0, "tokens/s": 0.0,
+                     "syncs_per_step": syncs, "ops_per_layer": ops, "time_us": step_us, "tokens/s": float("nan"),
                      "baseline": "issue 11: 17 / 66 syncs, 137 ops per layer", "frac_of_target":
                      (1 if not spec_steps else 2) / max(syncs, 1e-9)})
     tiny = bigram_model(GLM52Config.preset("tiny"), 0, draft_noise=0.0).to(device)
     progress("tiny model: ops per step and tokens/s")
-    syncs, ops = step_costs(tiny, 0)
+    syncs, ops, _ = step_costs(tiny, 0)
     new_tokens = 8 if quick else 48
     plain_tps, plain_s = tokens_per_second(tiny, 0, 1, new_tokens)
     rows.append({"figure": "tiny plain decode", "syncs_per_step": syncs, "ops_per_layer": ops,

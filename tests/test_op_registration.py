@@ -24,7 +24,7 @@ def op_samples(device):
     d = device
 
     def rng():
-        return torch.tensor(5, device=d), torch.tensor(6, device=d)
+        return torch.tensor([5], device=d), torch.tensor([6], device=d)
 
     def verify_out():
         return {"tokens": torch.empty(3, 4, dtype=torch.int32, device=d),
