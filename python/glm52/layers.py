@@ -18,6 +18,21 @@ def _param(*shape: int) -> nn.Parameter:
     return nn.Parameter(torch.empty(*shape), requires_grad=False)
 
 
+def converted(owner: nn.Module, name: str, make, *sources: torch.Tensor, tag: object = None) -> torch.Tensor:
+    """``make()`` (a dequantized or fp32 copy of small weights) computed once and reused while
+    ``sources`` keep their storage and see no in-place write (torch's version counter), instead of
+    a conversion op per call (``tag``: anything else the result depends on, e.g. its dtype). Kept
+    as a plain attribute (not in the state dict). Traced code (``torch.compile``) converts inline:
+    the compiler fuses it."""
+    if torch.compiler.is_compiling():
+        return make()
+    key = (tag, *((t.data_ptr(), t._version, t.dtype, t.device) for t in sources))
+    cached = owner.__dict__.get(name)
+    if cached is None or cached[0] != key:
+        cached = owner.__dict__[name] = (key, make())
+    return cached[1]
+
+
 class RMSNorm(nn.Module):
     """``x * rsqrt(mean(x^2) + eps) * w`` computed in fp32: one ``rms_norm`` op (``add_rms_norm``
     fused with the residual add), instead of the ~8 elementwise ops the torch expression takes.
@@ -53,7 +68,9 @@ class LayerNorm(nn.Module):
         self.bias = _param(dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = F.layer_norm(x.float(), x.shape[-1:], self.weight.float(), self.bias.float(), self.eps)
+        weight = converted(self, "_weight_fp32", self.weight.float, self.weight)
+        bias = converted(self, "_bias_fp32", self.bias.float, self.bias)
+        out = F.layer_norm(x.float(), x.shape[-1:], weight, bias, self.eps)
         return out.to(x.dtype)
 
 
@@ -80,11 +97,18 @@ class Linear(nn.Module):
         self.register_parameter("weight_scale_inv", None)
 
     def dense_weight(self, dtype: torch.dtype, expert: int | None = None) -> torch.Tensor:
+        """The weight in ``dtype``; FP8 weights dequantized. A non-expert weight is converted once
+        and reused (the attention's absorbed ``kv_b_proj``, off-grid FP8 projections and the
+        indexer's fp32 ``weights_proj`` run every step): memory for speed, small matrices only."""
         w = self.weight if expert is None else self.weight[expert]
         if self.weight_scale_inv is None:
-            return w.to(dtype)
+            if expert is not None or w.dtype == dtype:
+                return w.to(dtype)
+            return converted(self, "_dense", lambda: w.to(dtype), w, tag=dtype)
         s = self.weight_scale_inv if expert is None else self.weight_scale_inv[expert]
-        return kernels.dequant_fp8_block(w, s, out_dtype=dtype)
+        if expert is not None:
+            return kernels.dequant_fp8_block(w, s, out_dtype=dtype)
+        return converted(self, "_dense", lambda: kernels.dequant_fp8_block(w, s, out_dtype=dtype), w, s, tag=dtype)
 
     @property
     def fp8_ready(self) -> bool:
@@ -168,7 +192,7 @@ class Router(nn.Module):
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         c = self.config
-        logits = F.linear(x.float(), self.weight.float())
+        logits = F.linear(x.float(), converted(self, "_weight_fp32", self.weight.float, self.weight))
         return kernels.moe_route(logits, self.e_score_correction_bias, c.num_experts_per_tok, c.n_group,
                                  c.topk_group, c.routed_scaling_factor, c.norm_topk_prob)
 
