@@ -114,9 +114,9 @@ def test_decode_forward_compiles_without_graph_breaks():
     table = engine.allocator.block_table([0, 1], 2)
     positions = torch.tensor([[len(p)] for p in batch])
     ids = torch.tensor([[p[-1]] for p in batch])
-    compiled = torch.compile(engine._decode_logits, fullgraph=True, backend="eager")
+    compiled = torch.compile(engine._decode_forward, fullgraph=True, backend="eager")
     with torch.no_grad():
-        want = engine._decode_logits(ids, positions, table)
+        want = engine._decode_forward(ids, positions, table)
         got = compiled(ids, positions, table)
     torch.testing.assert_close(got, want)
 

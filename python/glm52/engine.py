@@ -90,8 +90,9 @@ class Engine:
     to stop). Slots are looked up on the device from a block table the host builds from its own
     bookkeeping, ids are not range-checked on the device, and sampling, drafting and verification
     stay on the device with their Philox ``seed``/``offset`` as device tensors (the offset advances
-    on the device after every draw). ``cuda_graphs`` (default: on for CUDA) captures the plain
-    decode forward per (batch bucket, block-table width) and replays it (:mod:`glm52.graphs`).
+    on the device after every draw). ``cuda_graphs`` (default: on for CUDA) captures the decode
+    target forwards (the plain step and the verification) per (batch bucket, tokens, block-table
+    width) and replays them (:mod:`glm52.graphs`); the MTP draft forwards run eagerly.
     ``count_step_ops = True`` records every decode step's ops and host syncs
     (:class:`glm52.counters.OpCounts`) in ``step_counts``.
     """
@@ -113,7 +114,7 @@ class Engine:
         cuda_graphs = self.device.type == "cuda" if cuda_graphs is None else cuda_graphs
         if cuda_graphs and self.device.type != "cuda":
             raise ValueError(f"cuda_graphs needs a model on a CUDA device, got {self.device}")
-        self.graphs = DecodeGraphs(self._decode_logits) if cuda_graphs else None
+        self.graphs = DecodeGraphs(self._decode_forward) if cuda_graphs else None
         # Philox key and stream of every draw, on the device (CUDA graphs replay the same pointers).
         self._seed = torch.zeros((), dtype=torch.int64, device=self.device)
         self._offset = torch.zeros((), dtype=torch.int64, device=self.device)
@@ -146,21 +147,24 @@ class Engine:
         return out.to(device)
 
     def _target(self, seqs: list[_Sequence], start: list[int], new: list[list[int]] | torch.Tensor,
-                ) -> tuple[torch.Tensor, torch.Tensor]:
+                decode: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
         """Target forward of tokens ``new[i]`` (host lists, or a device ``[B, T]`` tensor) at
-        positions ``start[i]..`` -> (hidden, logits) ``[B, T, ...]``."""
+        positions ``start[i]..`` -> (hidden, logits) ``[B, T, ...]``. ``decode``: a decode-shaped
+        forward (the plain step, the verification), replayed from CUDA graphs when they are on."""
         lengths = [len(n) for n in new] if isinstance(new, list) else [new.shape[1]] * len(seqs)
-        view = self._view(seqs, [list(range(s, s + n)) for s, n in zip(start, lengths)])
-        ids = self._ids(new, view.positions.shape[1], self.device) if isinstance(new, list) else new
+        positions, table = self._table(seqs, [list(range(s, s + n)) for s, n in zip(start, lengths)])
+        ids = self._ids(new, positions.shape[1], self.device) if isinstance(new, list) else new
+        forward = self.graphs if decode and self.graphs is not None else self._decode_forward
+        return forward(ids, positions, table)
+
+    def _decode_forward(self, ids: torch.Tensor, positions: torch.Tensor, table: torch.Tensor,
+                        ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The target forward as a function of device tensors only (what CUDA graphs capture and
+        ``torch.compile(fullgraph=True)`` traces): ``ids``/``positions [B, T]`` (−1: padding),
+        ``table [B, W]`` -> (hidden ``[B, T, hidden]``, logits ``[B, T, V]``)."""
+        view = CacheView.from_block_table(self.cache, table, positions, table.shape[1] * BLOCK_SIZE)
         hidden = self.model.hidden_states(ids, view, check_values=False)
         return hidden, self.model.lm_head(hidden)
-
-    def _decode_logits(self, ids: torch.Tensor, positions: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
-        """The plain decode forward as a function of device tensors only (what CUDA graphs capture
-        and ``torch.compile(fullgraph=True)`` traces): ``ids``/``positions [B, T]``, ``table
-        [B, W]`` -> logits ``[B, T, V]``."""
-        view = CacheView.from_block_table(self.cache, table, positions, table.shape[1] * BLOCK_SIZE)
-        return self.model.lm_head(self.model.hidden_states(ids, view, check_values=False))
 
     # ---- sampling -------------------------------------------------------------------------------
     def _probs(self, logits: torch.Tensor, sp: SamplingParams) -> torch.Tensor:
@@ -264,27 +268,20 @@ class Engine:
         self.step_counts.append(counter.counts)
         return n_out
 
-    def _plain_logits(self, seqs: list[_Sequence]) -> torch.Tensor:
-        """Logits ``[B, 1, V]`` of each sequence's next token (through a CUDA graph when on)."""
-        positions, table = self._table(seqs, [[len(s.tokens) - 1] for s in seqs])
-        ids = self._ids([[s.tokens[-1]] for s in seqs], 1, self.device)
-        if self.graphs is not None:
-            return self.graphs(ids, positions, table)
-        return self._decode_logits(ids, positions, table)
-
     def _step(self, seqs: list[_Sequence], sp: SamplingParams) -> list[int]:
         """One draft + verify round (or one plain token); returns tokens emitted per sequence.
         Reads the device once: the emitted tokens."""
         lengths = [len(s.tokens) for s in seqs]
         if not self.spec_steps:
-            tokens, _ = self._next_tokens(self._plain_logits(seqs)[:, 0], sp)
+            _, logits = self._target(seqs, [n - 1 for n in lengths], [[s.tokens[-1]] for s in seqs], decode=True)
+            tokens, _ = self._next_tokens(logits[:, 0], sp)
             for s, token in zip(seqs, tokens.tolist()):
                 s.tokens.append(token)
                 self.allocator.truncate(s.seq_id, len(s.tokens))
             return [1] * len(seqs)
         drafts, draft_probs = self._draft(seqs, sp)
         last = self._ids([[s.tokens[-1]] for s in seqs], 1, self.device)
-        hidden, logits = self._target(seqs, [n - 1 for n in lengths], torch.cat((last, drafts), dim=1))
+        hidden, logits = self._target(seqs, [n - 1 for n in lengths], torch.cat((last, drafts), dim=1), decode=True)
         if sp.temperature == 0:
             tokens, counts = kernels.spec_verify_greedy(drafts, logits)
         else:

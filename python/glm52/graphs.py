@@ -1,7 +1,7 @@
-"""CUDA-graph capture and replay of the plain decode forward, per batch-size bucket (DESIGN §6b).
+"""CUDA-graph capture and replay of the decode target forward, per batch-size bucket (DESIGN §6b).
 
 The decode forward is a function of three device tensors, ``ids``/``positions [B, T]`` and the
-block table ``[B, W]`` (:meth:`glm52.engine.Engine._decode_logits`), and reads nothing on the host,
+block table ``[B, W]`` (:meth:`glm52.engine.Engine._decode_forward`), and reads nothing on the host,
 so it can be captured once per ``(batch bucket, T, W)`` and replayed with new inputs copied into
 the captured buffers. Batches are padded up to a power of two with padding rows (position −1,
 block table −1): they store nothing in the cache, and every op is row-wise, so they never touch
@@ -32,21 +32,23 @@ class _Captured:
     ids: torch.Tensor
     positions: torch.Tensor
     table: torch.Tensor
-    logits: torch.Tensor
+    outputs: tuple[torch.Tensor, ...]
 
 
 class DecodeGraphs:
-    """``graphs(ids, positions, table)`` -> logits ``[B, T, V]``, the same as ``forward(...)``.
+    """``graphs(ids, positions, table)`` -> what ``forward(ids, positions, table)`` returns (a
+    tuple of tensors with the batch first), replayed from a graph captured per shape key.
 
-    The result is a view of the captured output buffer: read it before the next call.
+    The results are views of the captured output buffers: read them before the next call.
     """
 
-    def __init__(self, forward: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]) -> None:
+    def __init__(self, forward: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], tuple[torch.Tensor, ...]],
+                 ) -> None:
         self.forward = forward
         self.captured: dict[tuple[int, int, int], _Captured] = {}
         self._pool = None  # one memory pool shared by every captured graph
 
-    def __call__(self, ids: torch.Tensor, positions: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
+    def __call__(self, ids: torch.Tensor, positions: torch.Tensor, table: torch.Tensor) -> tuple[torch.Tensor, ...]:
         batch, tokens = ids.shape
         key = (batch_bucket(batch), tokens, table.shape[1])
         entry = self.captured.get(key) or self._capture(key, ids)
@@ -57,7 +59,7 @@ class DecodeGraphs:
         entry.positions[:batch].copy_(positions)
         entry.table[:batch].copy_(table)
         entry.graph.replay()
-        return entry.logits[:batch]
+        return tuple(out[:batch] for out in entry.outputs)
 
     def _capture(self, key: tuple[int, int, int], like: torch.Tensor) -> _Captured:
         bucket, tokens, width = key
@@ -74,7 +76,7 @@ class DecodeGraphs:
         torch.cuda.current_stream(device).wait_stream(side)
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph, pool=self._pool):
-            logits = self.forward(ids, positions, table)
+            outputs = self.forward(ids, positions, table)
         self._pool = graph.pool()
-        entry = self.captured[key] = _Captured(graph, ids, positions, table, logits)
+        entry = self.captured[key] = _Captured(graph, ids, positions, table, tuple(outputs))
         return entry
