@@ -15,6 +15,7 @@ from glm52.counters import OpCounter
 from glm52.engine import Engine, SamplingParams
 from glm52.kv_cache import BlockAllocator, paged_slots
 from glm52.layers import Experts
+from conftest import poisoned
 from glm52_ext import ops, reference
 
 SMALL = dict(num_hidden_layers=4, first_k_dense_replace=1)  # dense, MoE, IndexShare and MTP layers, fast
@@ -206,24 +207,26 @@ def test_high_precision_experts_are_grouped_and_sync_free(dtype, hidden, inter):
     assert (got.double() - want).abs().max() <= tol * want.abs().max()
 
 
-def test_masked_layout_producer():
+@pytest.mark.parametrize("dtype,with_scale", [(torch.float32, True), (torch.float8_e4m3fn, True),
+                                              (torch.bfloat16, False)])
+def test_masked_layout_producer_matches_reference(dtype, with_scale):
     g = torch.Generator().manual_seed(6)
-    x = torch.randn(5, 16, generator=g)
-    scale = torch.rand(5, 2, generator=g)
-    ids = torch.stack([torch.randperm(8, generator=g)[:3] for _ in range(5)]).int() - 1  # -1: dropped
-    out, out_scale, masked_m, row_map = ops.moe_permute_masked(x, scale, ids, 6)  # 6: drops ids 6
-    assert out.shape == (6, 5, 16) and out_scale.shape == (6, 5, 2)
-    for e in range(6):
-        tokens = [t for t in range(5) for j in range(3) if ids[t, j] == e]
-        assert masked_m[e] == len(tokens)
-        assert torch.equal(out[e, : len(tokens)], x[tokens]) and torch.equal(out_scale[e, : len(tokens)], scale[tokens])
-    for t in range(5):
-        for j in range(3):
-            e = int(ids[t, j])
-            if 0 <= e < 6:
-                assert torch.equal(out.view(30, 16)[row_map[t, j]], x[t])
-            else:
-                assert row_map[t, j] == -1
+    x = (torch.randn(5, 16, generator=g) * 20).to(dtype)
+    scale = torch.rand(5, 2, generator=g) if with_scale else None
+    ids = torch.stack([torch.randperm(8, generator=g)[:3] for _ in range(5)]).int() - 1  # -1, 6: dropped
+    want = reference.moe_permute_masked(x, scale, ids, 6)
+    out = poisoned((6, 5, 16), dtype, "cpu")
+    out_scale = poisoned((6, 5, 2 if with_scale else 0), torch.float32, "cpu")
+    masked_m, row_map = poisoned((6,), torch.int32, "cpu"), poisoned((5, 3), torch.int32, "cpu")
+    torch.ops.glm52.moe_permute_masked_out(x, scale, ids, 6, out=out, out_scale=out_scale, masked_m=masked_m,
+                                           row_map=row_map)
+    assert torch.equal(masked_m, want[2]) and torch.equal(row_map, want[3])
+    for e in range(6):  # rows past masked_m[e] are unspecified
+        m = int(masked_m[e])
+        assert torch.equal(out[e, :m].view(torch.uint8), want[0][e, :m].view(torch.uint8))
+        assert torch.equal(out_scale[e, :m], want[1][e, :m])
+    with pytest.raises(RuntimeError, match="ids"):  # an expert twice in one token overflows its T rows
+        ops.moe_permute_masked(x, scale, torch.zeros(5, 3, dtype=torch.int32), 6)
 
 
 def test_fp8_experts_masked_layout_equals_contiguous(monkeypatch):

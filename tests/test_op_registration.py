@@ -72,7 +72,8 @@ def moe_samples(device):
 
     Rows the contracts leave unspecified (masked rows past masked_m, permute's padding rows) would
     differ between eager and traced runs, so these samples have none: masked_m is full and
-    moe_permute runs with alignment 1 and no dropped ids (its output is then exactly T * top_k rows).
+    moe_permute runs with alignment 1 and no dropped ids (its output is then exactly T * top_k rows),
+    moe_permute_masked with every token routed to every expert (so masked_m = T everywhere).
     """
     g = torch.Generator().manual_seed(1)
     d = device
@@ -85,6 +86,7 @@ def moe_samples(device):
     logits, bias = torch.randn(5, 64, generator=g).to(d), torch.randn(64, generator=g).to(d)
     ids = torch.stack([torch.randperm(16, generator=g)[:4] for _ in range(6)]).to(torch.int32).to(d)
     x8, x_scale = a[:6], a_scale[:6]
+    every_expert = torch.stack([torch.randperm(4, generator=g) for _ in range(6)]).to(torch.int32).to(d)
     rows = ops.permuted_rows_bound(24, 16, 1)
     y = torch.randn(rows, 64, generator=g).to(d)
     weights = torch.rand(6, 4, generator=g).to(d)
@@ -109,6 +111,10 @@ def moe_samples(device):
         (glm52.moe_permute_out.default, (x8, x_scale, ids, 16, 1),
          {"out": empty(rows, 256, dtype=torch.float8_e4m3fn), "out_scale": empty(rows, 2),
           "m_indices": empty(rows, dtype=torch.int32), "row_map": empty(6, 4, dtype=torch.int32)}),
+        (glm52.moe_permute_masked.default, (x8, x_scale, every_expert, 4), {}),
+        (glm52.moe_permute_masked_out.default, (h[:6, :64].contiguous(), None, every_expert, 4),
+         {"out": empty(4, 6, 64), "out_scale": empty(4, 6, 0), "masked_m": empty(4, dtype=torch.int32),
+          "row_map": empty(6, 4, dtype=torch.int32)}),
         (glm52.moe_unpermute.default, (y.bfloat16(), weights, row_map), {}),
         (glm52.moe_unpermute_out.default, (y, weights, row_map), {"out": empty(6, 64)}),
         (glm52.silu_and_mul_quant_fp8.default, (h.bfloat16(), 128, False), {}),

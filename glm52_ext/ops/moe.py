@@ -218,50 +218,33 @@ def moe_permute(
 
 def moe_permute_masked(
     x: torch.Tensor, x_scale: torch.Tensor | None, ids: torch.Tensor, num_experts: int
-) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor, torch.Tensor]:
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Token rows -> the masked (decode) layout of :func:`fp8_grouped_gemm_masked`, bounded by the
     tokens present: an expert gets at most one row per token (:func:`moe_route` picks distinct
-    experts), so ``m_max = T``.
+    experts), so ``m_max = T``. The same kernels as :func:`moe_permute` (counts, scan, rank, copy)
+    with expert e's segment at ``e * T``.
 
     Parameters
     ----------
     x, x_scale : torch.Tensor
         ``[T, K]`` rows and their ``[T, G]`` float32 scales (or None), as :func:`moe_permute` takes.
     ids : torch.Tensor
-        ``[T, top_k]`` int32 local expert ids, distinct per token; ids outside ``[0, num_experts)``
-        are dropped.
+        ``[T, top_k]`` int32 local expert ids, distinct per token (more than T entries for one
+        expert raise on the CPU; on CUDA the extra entries are dropped); ids outside
+        ``[0, num_experts)`` are dropped.
     num_experts : int
         Local experts E.
 
     Returns
     -------
     (out, out_scale, masked_m, row_map) : tuple
-        ``out [E, T, K]`` (x's dtype), ``out_scale [E, T, G]`` (None without x_scale), ``masked_m
+        ``out [E, T, K]`` (x's dtype), ``out_scale [E, T, G]`` (``[E, T, 0]`` without x_scale), ``masked_m
         [E]`` int32 and ``row_map [T, top_k]`` int32: ``out.view(E * T, K)[row_map[t, j]] = x[t]``,
         expert e's rows first-come in flattened ``t * top_k + j`` order, −1 for dropped ids, so
         :func:`moe_unpermute` over the ``[E * T, N]`` GEMM output combines them. Rows at or past
-        ``masked_m[e]`` are unspecified. Plain torch ops, no host sync (CUDA-graph safe).
+        ``masked_m[e]`` are unspecified. No host sync (CUDA-graph safe).
     """
-    tokens, top_k = ids.shape
-    flat = ids.reshape(-1).long()
-    valid = (flat >= 0) & (flat < num_experts)
-    expert = torch.where(valid, flat, num_experts)  # column E collects the dropped entries
-    hits = (expert[:, None] == torch.arange(num_experts + 1, device=ids.device)).int()
-    rank = hits.cumsum(0).gather(1, expert[:, None]).squeeze(1) - 1
-    masked_m = hits[:, :num_experts].sum(0, dtype=torch.int32)
-    spare = num_experts * tokens  # one extra row takes every dropped entry
-    dest = torch.where(valid, expert * tokens + rank, spare)
-    source = torch.arange(tokens * top_k, device=ids.device) // top_k  # the token of each entry
-
-    def scatter(rows: torch.Tensor) -> torch.Tensor:
-        out = rows.new_empty((spare + 1, rows.shape[1]))
-        # Moved as bytes: index_copy_ has no float8 kernel on the CPU.
-        byte = (lambda t: t.view(torch.uint8)) if rows.dtype == torch.float8_e4m3fn else (lambda t: t)
-        byte(out).index_copy_(0, dest, byte(rows)[source])
-        return out[:spare].view(num_experts, tokens, rows.shape[1])
-
-    row_map = torch.where(valid, dest, -1).int().view(tokens, top_k)
-    return scatter(x), None if x_scale is None else scatter(x_scale), masked_m, row_map
+    return torch.ops.glm52.moe_permute_masked(x, x_scale, ids, num_experts)
 
 
 def moe_unpermute(
@@ -389,6 +372,20 @@ def _fp8_grouped_gemm_contiguous(a, a_scale, b, b_scale, m_indices):
 def _fp8_grouped_gemm_masked(a, a_scale, b, b_scale, masked_m, expected_m):
     torch._check(a.dim() == 3 and b.dim() == 3, lambda: "glm52.fp8_grouped_gemm_masked: 'a' must be [E, m_max, K], 'b' [E, N, K]")
     return a.new_empty((a.shape[0], a.shape[1], b.shape[1]), dtype=torch.bfloat16)
+
+
+@torch.library.register_fake("glm52::moe_permute_masked")
+def _moe_permute_masked(x, x_scale, ids, num_experts):
+    tokens = x.shape[0]
+    groups = 0 if x_scale is None else x_scale.shape[1]
+    return (x.new_empty((num_experts, tokens, x.shape[1])),
+            x.new_empty((num_experts, tokens, groups), dtype=torch.float32),
+            x.new_empty((num_experts,), dtype=torch.int32), x.new_empty(ids.shape, dtype=torch.int32))
+
+
+@torch.library.register_fake("glm52::moe_permute_masked_out")
+def _moe_permute_masked_out(x, x_scale, ids, num_experts, *, out, out_scale, masked_m, row_map):
+    return None
 
 
 @torch.library.register_fake("glm52::fp8_gemm")
