@@ -330,16 +330,18 @@ def fp8_moe_experts(
     """
     xq, x_scale = torch.ops.glm52.quant_fp8_per_token_group(x, 128, False)
     num_experts, tokens = w13.shape[0], x.shape[0]
+    if first_expert:
+        ids = ids - first_expert
     if tokens <= MASKED_LAYOUT_MAX_TOKENS:
         # Decode: the masked layout, E x T rows of which the GEMMs compute only the routed ones.
-        a, a_scale, masked_m, row_map = moe_permute_masked(xq, x_scale, ids - first_expert, num_experts)
+        a, a_scale, masked_m, row_map = moe_permute_masked(xq, x_scale, ids, num_experts)
         expected_m = max(1, tokens * ids.shape[1] // max(num_experts, 1))
         h = fp8_grouped_gemm_masked(a, a_scale, w13, w13_scale, masked_m, expected_m)
         hq, h_scale = silu_and_mul_quant_fp8(h.view(num_experts * tokens, -1))
         y = fp8_grouped_gemm_masked(hq.view(num_experts, tokens, -1), h_scale.view(num_experts, tokens, -1), w2,
                                     w2_scale, masked_m, expected_m)
         return moe_unpermute(y.view(num_experts * tokens, -1), weights, row_map).to(x.dtype)
-    a, a_scale, m_indices, row_map = moe_permute(xq, x_scale, ids - first_expert, num_experts)
+    a, a_scale, m_indices, row_map = moe_permute(xq, x_scale, ids, num_experts)
     h = fp8_grouped_gemm_contiguous(a, a_scale, w13, w13_scale, m_indices)
     hq, h_scale = silu_and_mul_quant_fp8(h)
     y = fp8_grouped_gemm_contiguous(hq, h_scale, w2, w2_scale, m_indices)

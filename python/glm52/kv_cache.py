@@ -256,8 +256,9 @@ def paged_slots(block_table: torch.Tensor, positions: torch.Tensor) -> torch.Ten
 class CacheView:
     """What one forward step knows about the cache.
 
-    ``positions``/``slots`` ``[B, T]``: the new tokens' absolute positions and cache slots (slot −1:
-    a padding token, neither stored nor attended to). ``context_slots [B, C]``: the slot of every
+    ``positions``/``slots`` ``[B, T]`` int64: the new tokens' absolute positions and cache slots (slot
+    −1: a padding token, neither stored nor attended to). ``context_slots [B, C]`` int32 (what the
+    attention kernels take, so the chosen slots need no per-layer conversion): the slot of every
     position ``0..C-1`` of each sequence after this step (−1 past its length). ``block_table
     [B, max_blocks]`` int32: each sequence's blocks (−1 padded), what the paged kernels read.
     """
@@ -278,7 +279,7 @@ class CacheView:
         table = torch.arange(batch * per_seq, dtype=torch.int32, device=device).view(batch, per_seq)
         positions = torch.arange(tokens, device=device).expand(batch, tokens)
         slots = table[:, :1].long() * BLOCK_SIZE + positions
-        return cls(cache, positions, slots, slots, table)
+        return cls(cache, positions, slots, slots.int(), table)
 
     @classmethod
     def for_sequences(cls, cache: PagedKVCache, allocator: BlockAllocator, seq_ids: list[int],
@@ -300,8 +301,8 @@ class CacheView:
         span = torch.arange(context, device=positions.device)
         lengths = positions.amax(dim=1, keepdim=True) + 1
         context_positions = torch.where(span < lengths, span, -1)
-        return cls(cache, positions, paged_slots(block_table, positions), paged_slots(block_table, context_positions),
-                   block_table)
+        return cls(cache, positions, paged_slots(block_table, positions),
+                   paged_slots(block_table, context_positions).int(), block_table)
 
     def causal_mask(self) -> torch.Tensor:
         """``[B, T, C]``: query (b, t) may see context position c (c ≤ its position, c stored)."""

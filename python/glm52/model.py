@@ -15,11 +15,14 @@ from torch import nn
 from .attention import MLAttention
 from .config import GLM52Config
 from .kv_cache import CacheView
-from .layers import MLP, Linear, MoE, RMSNorm, rope_cos_sin
+from .layers import MLP, Linear, MoE, RMSNorm, rope_cos_sin, rope_turn
 
 
 class DecoderLayer(nn.Module):
-    """``h = x + Attn(RMSNorm(x))``; ``x' = h + FFN(RMSNorm(h))``."""
+    """``h = x + Attn(RMSNorm(x))``; ``x' = h + FFN(RMSNorm(h))``.
+
+    The last add is left to the next layer, whose input norm fuses it (``add_rms_norm``): a layer
+    returns ``(FFN output, h)`` and takes the previous pair as ``(x, residual)``."""
 
     def __init__(self, config: GLM52Config, layer_idx: int) -> None:
         super().__init__()
@@ -31,11 +34,15 @@ class DecoderLayer(nn.Module):
                     else MLP(config.hidden_size, config.intermediate_size))
 
     def forward(
-        self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, view: CacheView, topk: torch.Tensor | None
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        a, topk = self.self_attn(self.input_layernorm(x), cos, sin, view, topk)
+        self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, view: CacheView, topk: torch.Tensor | None,
+        residual: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """-> (FFN output, ``h``, the cache slots attended to); the layer's output is the sum of
+        the first two. The input is ``x``, or ``x + residual`` (added here, fused with the norm)."""
+        n, x = (self.input_layernorm(x), x) if residual is None else self.input_layernorm.add(x, residual)
+        a, topk = self.self_attn(n, cos, sin, view, topk)
         n, h = self.post_attention_layernorm.add(a, x)  # h = x + a, fused with the norm
-        return h + self.mlp(n), topk
+        return self.mlp(n), h, topk
 
 
 class SharedHead(nn.Module):
@@ -63,7 +70,8 @@ class MTPLayer(DecoderLayer):
         """-> (MTP hidden states, the cache slots attended to). With ``shared_topk`` the layer's own
         indexer is skipped (IndexShare across MTP draft steps)."""
         z = self.eh_proj(torch.cat((self.enorm(embeds), self.hnorm(hidden)), dim=-1))
-        return self(z, cos, sin, view, shared_topk)
+        out, h, topk = self(z, cos, sin, view, shared_topk)
+        return out + h, topk
 
 
 class GLM52Model(nn.Module):
@@ -83,19 +91,20 @@ class GLM52Model(nn.Module):
             return view
         return CacheView.contiguous(self.config, *input_ids.shape, self.embed_tokens.weight.dtype, input_ids.device)
 
-    def rope(self, view: CacheView) -> tuple[torch.Tensor, torch.Tensor]:
-        return rope_cos_sin(view.positions, self.config.qk_rope_head_dim, self.config.rope_theta)
+    def rope(self, view: CacheView) -> tuple[torch.Tensor, None]:
+        """``(turn, None)``: the complex rotation of each new position (:func:`glm52.layers.rope_turn`),
+        what every layer's ``apply_rope(x, cos, sin)`` takes as ``cos`` with ``sin=None``."""
+        return rope_turn(*rope_cos_sin(view.positions, self.config.qk_rope_head_dim, self.config.rope_theta)), None
 
     def forward(self, input_ids: torch.Tensor, view: CacheView | None = None) -> torch.Tensor:
         """New tokens ``[B, T]`` -> final-normed hidden states ``[B, T, hidden]``; without ``view``
         a causal prefill at positions 0..T-1."""
         view = self.view(input_ids, view)
         cos, sin = self.rope(view)
-        x = self.embed_tokens(input_ids)
-        topk = None
+        x, residual, topk = self.embed_tokens(input_ids), None, None
         for layer in self.layers[: self.config.num_hidden_layers]:
-            x, topk = layer(x, cos, sin, view, None if layer.self_attn.indexer is not None else topk)
-        return self.norm(x)
+            x, residual, topk = layer(x, cos, sin, view, None if layer.self_attn.indexer is not None else topk, residual)
+        return self.norm(x) if residual is None else self.norm.add(x, residual)[0]
 
 
 class GLM52ForCausalLM(nn.Module):
