@@ -293,6 +293,8 @@ class Engine:
             m = emitted[0]
             s.tokens.extend(emitted[1: m + 1])
             # The target saw x_{L-1} and the m-1 accepted drafts: their hidden states are new for the MTP.
+            # (With CUDA graphs a view of the graph's output buffer: the next round's drafting reads it
+            # before the next verification replay overwrites it.)
             s.fresh_hidden, s.fresh_from = hidden[row, :m], lengths[row] - 1
             self.allocator.truncate(s.seq_id, len(s.tokens))
             out.append(m)
