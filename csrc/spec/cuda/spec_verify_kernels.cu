@@ -341,8 +341,7 @@ __global__ void __launch_bounds__(kThreads) spec_sampling_resample_kernel(Sampli
   __shared__ float cum[kScanTile];
   __shared__ int64_t shared_k;
   const int64_t b = blockIdx.x;
-  const Rng rng = launch_rng(a);
-  const int64_t k = stop_position<DraftT>(a, rng, b, shared_k);
+  const int64_t k = stop_position<DraftT>(a, launch_rng(a), b, shared_k);
   const DraftT* d = static_cast<const DraftT*>(a.draft) + b * a.n;
   int32_t* tokens = a.tokens + b * (a.n + 1);
   for (int64_t j = threadIdx.x; j <= a.n; j += kThreads)
@@ -352,6 +351,7 @@ __global__ void __launch_bounds__(kThreads) spec_sampling_resample_kernel(Sampli
   const StopRow r = block_stop_row<DraftT>(a, b, k);
   const int64_t tiles = scan_tiles(a.vocab);
   float* totals = a.tile_totals + b * tiles;
+  const Rng rng = launch_rng(a);  // read again here: not live across the stop-row setup (no stack)
   const float u = philox_uniform(rng.seed, rng.offset, static_cast<uint32_t>(b), static_cast<uint32_t>(k), Draw::kSample);
   int64_t token = sample_from_tile_totals<kVec>(r, totals, tiles, a.vocab, u, WeightMode::kResidual, sh, cum);
   if (token < 0) {
