@@ -32,9 +32,11 @@ EXPECTED_KERNELS = {
     "moe_permute_rank_kernel": (),
     "moe_permute_copy_kernel": (),
     "moe_permute_experts_kernel": (),
+    "moe_permute_clamp_kernel": (),
     "moe_unpermute_kernel": (),
     "silu_quant_vec_kernel": (),
     "silu_quant_scalar_kernel": (),
+    "rms_norm_kernel": (),
     # attention: sparse MLA and indexer logits on tensor cores; the SIMT kernels are fp32 FMA cross-checks
     "sparse_mla_hgmma_kernel": ("HGMMA",),
     "indexer_logits_qgmma_kernel": ("QGMMA",),

@@ -28,6 +28,9 @@ def op_samples(device):
     draft_probs = torch.softmax(torch.randn(3, 3, 1100, generator=g), dim=-1)
     d = device
 
+    def rng():
+        return torch.tensor([5], device=d), torch.tensor([6], device=d)
+
     def verify_out():
         return {"tokens": torch.empty(3, 4, dtype=torch.int32, device=d),
                 "num_emitted": torch.empty(3, dtype=torch.int32, device=d)}
@@ -50,8 +53,27 @@ def op_samples(device):
          {"workspace": torch.empty(4096, dtype=torch.uint8, device=d), **verify_out()}),
         (torch.ops.glm52.spec_verify_sampling_out.default, (draft.to(d), draft_probs.to(d), probs.to(d), 3, 4),
          verify_out()),
+        (torch.ops.glm52.spec_verify_sampling.tensor, (draft.to(d), draft_probs.to(d), probs.to(d), *rng()), {}),
+        (torch.ops.glm52.spec_verify_sampling_out.tensor, (draft.to(d), None, probs.to(d), *rng()), verify_out()),
     ]
-    return samples + moe_samples(device) + attention_samples(device)
+    return samples + moe_samples(device) + attention_samples(device) + norm_samples(device)
+
+
+def norm_samples(d):
+    """RMSNorm, plain and fused with the residual add; a row longer than the kernel's 256 lanes."""
+    g = torch.Generator().manual_seed(2)
+    x, r = torch.randn(2, 3, 300, generator=g), torch.randn(2, 3, 300, generator=g)
+    w = torch.randn(300, generator=g)
+    glm = torch.ops.glm52
+    return [
+        (glm.rms_norm.default, (x.to(d), w.to(d), 1e-6), {}),
+        (glm.rms_norm_out.default, (x.bfloat16().to(d), w.bfloat16().to(d), 1e-5),
+         {"out": torch.empty(2, 3, 300, dtype=torch.bfloat16, device=d)}),
+        (glm.add_rms_norm.default, (x.to(d), r.to(d), w.to(d), 1e-6), {}),
+        (glm.add_rms_norm_out.default, (x.half().to(d), r.half().to(d), w.half().to(d), 1e-6),
+         {"out": torch.empty(2, 3, 300, dtype=torch.half, device=d),
+          "sum": torch.empty(2, 3, 300, dtype=torch.half, device=d)}),
+    ]
 
 
 def moe_samples(device):
@@ -59,7 +81,8 @@ def moe_samples(device):
 
     Rows the contracts leave unspecified (masked rows past masked_m, permute's padding rows) would
     differ between eager and traced runs, so these samples have none: masked_m is full and
-    moe_permute runs with alignment 1 and no dropped ids (its output is then exactly T * top_k rows).
+    moe_permute runs with alignment 1 and no dropped ids (its output is then exactly T * top_k rows),
+    moe_permute_masked with every token routed to every expert (so masked_m = T everywhere).
     """
     g = torch.Generator().manual_seed(1)
     d = device
@@ -72,6 +95,7 @@ def moe_samples(device):
     logits, bias = torch.randn(5, 64, generator=g).to(d), torch.randn(64, generator=g).to(d)
     ids = torch.stack([torch.randperm(16, generator=g)[:4] for _ in range(6)]).to(torch.int32).to(d)
     x8, x_scale = a[:6], a_scale[:6]
+    every_expert = torch.stack([torch.randperm(4, generator=g) for _ in range(6)]).to(torch.int32).to(d)
     rows = ops.permuted_rows_bound(24, 16, 1)
     y = torch.randn(rows, 64, generator=g).to(d)
     weights = torch.rand(6, 4, generator=g).to(d)
@@ -96,6 +120,10 @@ def moe_samples(device):
         (glm52.moe_permute_out.default, (x8, x_scale, ids, 16, 1),
          {"out": empty(rows, 256, dtype=torch.float8_e4m3fn), "out_scale": empty(rows, 2),
           "m_indices": empty(rows, dtype=torch.int32), "row_map": empty(6, 4, dtype=torch.int32)}),
+        (glm52.moe_permute_masked.default, (x8, x_scale, every_expert, 4), {}),
+        (glm52.moe_permute_masked_out.default, (h[:6, :64].contiguous(), None, every_expert, 4),
+         {"out": empty(4, 6, 64), "out_scale": empty(4, 6, 0), "masked_m": empty(4, dtype=torch.int32),
+          "row_map": empty(6, 4, dtype=torch.int32)}),
         (glm52.moe_unpermute.default, (y.bfloat16(), weights, row_map), {}),
         (glm52.moe_unpermute_out.default, (y, weights, row_map), {"out": empty(6, 64)}),
         (glm52.silu_and_mul_quant_fp8.default, (h.bfloat16(), 128, False), {}),

@@ -22,6 +22,7 @@ inline constexpr const char* kDenseOp = "fp8_gemm";
 inline constexpr const char* kRouteOp = "moe_route";
 inline constexpr const char* kPermuteOp = "moe_permute";
 inline constexpr const char* kUnpermuteOp = "moe_unpermute";
+inline constexpr const char* kPermuteMaskedOp = "moe_permute_masked";
 inline constexpr const char* kSiluQuantOp = "silu_and_mul_quant_fp8";
 
 constexpr int64_t kScaleBlock = 128;  // the FP8 recipe's block along K (and N for weights)
@@ -158,6 +159,21 @@ inline void check_permute_out(const at::Tensor& x, const std::optional<at::Tenso
                "[rows, G] ([rows, 0] without x_scale)", x, "x");
   check_tensor(m_indices, kPermuteOp, "m_indices", at::kInt, {rows}, "[rows]", x, "x");
   check_tensor(row_map, kPermuteOp, "row_map", at::kInt, ids.sizes(), "[T, top_k]", x, "x");
+}
+
+// moe_permute_masked: as moe_permute; out [E, T, K], out_scale [E, T, G], masked_m [E], row_map [T, k].
+inline void check_permute_masked_out(const at::Tensor& x, const std::optional<at::Tensor>& x_scale,
+                                     const at::Tensor& ids, int64_t num_experts, const at::Tensor& out,
+                                     const at::Tensor& out_scale, const at::Tensor& masked_m, const at::Tensor& row_map) {
+  check_permute(x, x_scale, ids, num_experts, 1);
+  const int64_t tokens = x.size(0);
+  GLM52_CHECK_ARG(num_experts * tokens <= INT32_MAX, kPermuteMaskedOp, "ids", "gives ", num_experts * tokens,
+                  " rows, more than int32 row_map can index");
+  check_tensor(out, kPermuteMaskedOp, "out", x.scalar_type(), {num_experts, tokens, x.size(1)}, "[E, T, K]", x, "x");
+  check_tensor(out_scale, kPermuteMaskedOp, "out_scale", at::kFloat, {num_experts, tokens, x_scale ? x_scale->size(1) : 0},
+               "[E, T, G] ([E, T, 0] without x_scale)", x, "x");
+  check_tensor(masked_m, kPermuteMaskedOp, "masked_m", at::kInt, {num_experts}, "[E]", x, "x");
+  check_tensor(row_map, kPermuteMaskedOp, "row_map", at::kInt, ids.sizes(), "[T, top_k]", x, "x");
 }
 
 // moe_unpermute: y [rows, N] bf16/fp16/fp32, weights [T, k] fp32, row_map [T, k] int32.

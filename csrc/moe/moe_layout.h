@@ -63,6 +63,12 @@ GLM52_HD void segment_starts(const int32_t* count, int64_t num_experts, int64_t 
   seg_start[num_experts] = row;
 }
 
+// The masked layout's segments: expert e's rows start at e * m_max (seg_start[num_experts] =
+// num_experts * m_max). A rank at or past m_max has no row (bad routing: repeated experts).
+GLM52_HD void masked_segment_starts(int64_t num_experts, int64_t m_max, int64_t* seg_start) {
+  for (int64_t e = 0; e <= num_experts; ++e) seg_start[e] = e * m_max;
+}
+
 // The expert of permuted row `row`, or -1 for a padding row (a segment's tail or past the last
 // segment): the last e with seg_start[e] <= row, found by binary search.
 GLM52_HD int segment_row_expert(int64_t row, const int64_t* seg_start, const int32_t* count, int64_t num_experts) {

@@ -76,6 +76,23 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> moe_permute(const at:
   return std::make_tuple(out, out_scale, m_indices, row_map);
 }
 
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> moe_permute_masked(const at::Tensor& x,
+                                                                              const std::optional<at::Tensor>& x_scale,
+                                                                              const at::Tensor& ids, int64_t num_experts) {
+  check_permute(x, x_scale, ids, num_experts, 1);
+  const int64_t tokens = x.size(0);
+  auto out = at::empty({num_experts, tokens, x.size(1)}, x.options());
+  auto out_scale = at::empty({num_experts, tokens, x_scale ? x_scale->size(1) : 0}, x.options().dtype(at::kFloat));
+  auto masked_m = at::empty({num_experts}, x.options().dtype(at::kInt));
+  auto row_map = at::empty(ids.sizes(), x.options().dtype(at::kInt));
+  static auto op = c10::Dispatcher::singleton()
+                       .findSchemaOrThrow("glm52::moe_permute_masked_out", "")
+                       .typed<void(const at::Tensor&, const std::optional<at::Tensor>&, const at::Tensor&, int64_t,
+                                   at::Tensor&, at::Tensor&, at::Tensor&, at::Tensor&)>();
+  op.call(x, x_scale, ids, num_experts, out, out_scale, masked_m, row_map);
+  return std::make_tuple(out, out_scale, masked_m, row_map);
+}
+
 at::Tensor moe_unpermute(const at::Tensor& y, const at::Tensor& weights, const at::Tensor& row_map) {
   check_unpermute(y, weights, row_map);
   auto out = at::empty({weights.size(0), y.size(1)}, y.options());
@@ -118,6 +135,9 @@ TORCH_LIBRARY_FRAGMENT(glm52, m) {
         "-> (Tensor, Tensor, Tensor, Tensor)");
   m.def("moe_permute_out(Tensor x, Tensor? x_scale, Tensor ids, int num_experts, int alignment, *, Tensor(a!) out, "
         "Tensor(b!) out_scale, Tensor(c!) m_indices, Tensor(d!) row_map) -> ()");
+  m.def("moe_permute_masked(Tensor x, Tensor? x_scale, Tensor ids, int num_experts) -> (Tensor, Tensor, Tensor, Tensor)");
+  m.def("moe_permute_masked_out(Tensor x, Tensor? x_scale, Tensor ids, int num_experts, *, Tensor(a!) out, "
+        "Tensor(b!) out_scale, Tensor(c!) masked_m, Tensor(d!) row_map) -> ()");
   m.def("moe_unpermute(Tensor y, Tensor weights, Tensor row_map) -> Tensor");
   m.def("moe_unpermute_out(Tensor y, Tensor weights, Tensor row_map, *, Tensor(a!) out) -> ()");
   m.def("silu_and_mul_quant_fp8(Tensor x, int group_size=128, bool scale_ue8m0=False) -> (Tensor, Tensor)");
@@ -131,6 +151,7 @@ TORCH_LIBRARY_IMPL(glm52, CompositeExplicitAutograd, m) {
   m.impl("fp8_gemm", &fp8_gemm);
   m.impl("moe_route", &moe_route);
   m.impl("moe_permute", &moe_permute);
+  m.impl("moe_permute_masked", &moe_permute_masked);
   m.impl("moe_unpermute", &moe_unpermute);
   m.impl("silu_and_mul_quant_fp8", &silu_and_mul_quant_fp8);
 }

@@ -53,6 +53,16 @@ inline void check_sampling_inputs(const at::Tensor& draft, const std::optional<a
   }
 }
 
+// seed and offset as tensors: int64, one element each, on draft's device.
+inline void check_rng_tensors(const at::Tensor& draft, const at::Tensor& seed, const at::Tensor& offset) {
+  for (const auto& [t, arg] : {std::pair<const at::Tensor&, const char*>{seed, "seed"}, {offset, "offset"}}) {
+    check_dtype(t, kSamplingOp, arg, {at::kLong});
+    GLM52_CHECK_ARG(t.numel() == 1, kSamplingOp, arg, "must hold exactly one int64 value, got shape ",
+                    shape_str(t.sizes()));
+    check_same_device(t, draft, kSamplingOp, arg, "draft");
+  }
+}
+
 // tokens [B, n + 1] and num_emitted [B], int32, contiguous, beside draft.
 inline void check_verify_outputs(const at::Tensor& draft, const at::Tensor& tokens, const at::Tensor& num_emitted,
                                  const char* op) {

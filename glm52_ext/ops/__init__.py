@@ -16,6 +16,7 @@ from .moe import (
     fp8_grouped_gemm_masked,
     grouped_gemm_m_alignment,
     moe_permute,
+    moe_permute_masked,
     moe_route,
     moe_unpermute,
     permuted_rows_bound,
@@ -30,11 +31,20 @@ from .attention import (
     sparse_mla_prefill,
     topk_indices,
 )
+from .norm import add_rms_norm, rms_norm
 from .quant import dequant_fp8_block, quant_fp8_per_token_group
-from .spec import PROB_SUM_TOLERANCE, sampling_probs, spec_verify_greedy, spec_verify_sampling, spec_verify_workspace_bytes
+from .spec import (
+    PROB_SUM_TOLERANCE,
+    sample_probs,
+    sampling_probs,
+    spec_verify_greedy,
+    spec_verify_sampling,
+    spec_verify_workspace_bytes,
+)
 
 __all__ = [
     "PROB_SUM_TOLERANCE",
+    "add_rms_norm",
     "dequant_fp8_block",
     "fp8_gemm",
     "fp8_grouped_gemm_contiguous",
@@ -47,10 +57,13 @@ __all__ = [
     "indexer_logits_paged",
     "mla_cache_write",
     "moe_permute",
+    "moe_permute_masked",
     "moe_route",
     "moe_unpermute",
     "permuted_rows_bound",
     "quant_fp8_per_token_group",
+    "rms_norm",
+    "sample_probs",
     "sampling_probs",
     "silu_and_mul_quant_fp8",
     "sparse_mla_decode",

@@ -26,6 +26,7 @@ __all__ = [
     "fp8_grouped_gemm_masked",
     "grouped_gemm_m_alignment",
     "moe_permute",
+    "moe_permute_masked",
     "moe_route",
     "moe_unpermute",
     "permuted_rows_bound",
@@ -215,6 +216,37 @@ def moe_permute(
     return torch.ops.glm52.moe_permute(x, x_scale, ids, num_experts, alignment)
 
 
+def moe_permute_masked(
+    x: torch.Tensor, x_scale: torch.Tensor | None, ids: torch.Tensor, num_experts: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Token rows -> the masked (decode) layout of :func:`fp8_grouped_gemm_masked`, bounded by the
+    tokens present: an expert gets at most one row per token (:func:`moe_route` picks distinct
+    experts), so ``m_max = T``. The same kernels as :func:`moe_permute` (counts, scan, rank, copy)
+    with expert e's segment at ``e * T``.
+
+    Parameters
+    ----------
+    x, x_scale : torch.Tensor
+        ``[T, K]`` rows and their ``[T, G]`` float32 scales (or None), as :func:`moe_permute` takes.
+    ids : torch.Tensor
+        ``[T, top_k]`` int32 local expert ids, distinct per token (more than T entries for one
+        expert raise on the CPU; on CUDA the extra entries are dropped); ids outside
+        ``[0, num_experts)`` are dropped.
+    num_experts : int
+        Local experts E.
+
+    Returns
+    -------
+    (out, out_scale, masked_m, row_map) : tuple
+        ``out [E, T, K]`` (x's dtype), ``out_scale [E, T, G]`` (``[E, T, 0]`` without x_scale), ``masked_m
+        [E]`` int32 and ``row_map [T, top_k]`` int32: ``out.view(E * T, K)[row_map[t, j]] = x[t]``,
+        expert e's rows first-come in flattened ``t * top_k + j`` order, −1 for dropped ids, so
+        :func:`moe_unpermute` over the ``[E * T, N]`` GEMM output combines them. Rows at or past
+        ``masked_m[e]`` are unspecified. No host sync (CUDA-graph safe).
+    """
+    return torch.ops.glm52.moe_permute_masked(x, x_scale, ids, num_experts)
+
+
 def moe_unpermute(
     y: torch.Tensor, weights: torch.Tensor, row_map: torch.Tensor, *, out: torch.Tensor | None = None
 ) -> torch.Tensor:
@@ -253,6 +285,12 @@ def silu_and_mul_quant_fp8(
 # Composites: the FP8 MoE layer built from the ops above (what the model's MoE layers run).
 
 
+MASKED_LAYOUT_MAX_TOKENS = 64
+"""Up to this many tokens :func:`fp8_moe_experts` runs the masked (decode) layout: ``E x T`` rows
+of which only the routed ones are computed, against the contiguous layout's static bound of
+``T * top_k + min(E, T * top_k) * 127`` rows (1,024 rows for one token at top-8)."""
+
+
 def fp8_moe_experts(
     x: torch.Tensor,
     weights: torch.Tensor,
@@ -266,7 +304,9 @@ def fp8_moe_experts(
     """This rank's routed-expert sum ``sum_j weights[t, j] * down_e(silu(gate_e x_t) * up_e x_t)``.
 
     quantize x -> permute (FP8 rows with their scales) -> grouped GEMM (gate+up fused) ->
-    SwiGLU + quantize -> grouped GEMM (down) -> weighted combine. No host sync.
+    SwiGLU + quantize -> grouped GEMM (down) -> weighted combine. No host sync. Up to
+    :data:`MASKED_LAYOUT_MAX_TOKENS` tokens the masked layout (:func:`moe_permute_masked`,
+    :func:`fp8_grouped_gemm_masked`), beyond it the contiguous one.
 
     Parameters
     ----------
@@ -289,7 +329,19 @@ def fp8_moe_experts(
         ``[T, H]`` in x's dtype (the fp32 combine rounded once).
     """
     xq, x_scale = torch.ops.glm52.quant_fp8_per_token_group(x, 128, False)
-    a, a_scale, m_indices, row_map = moe_permute(xq, x_scale, ids - first_expert, w13.shape[0])
+    num_experts, tokens = w13.shape[0], x.shape[0]
+    if first_expert:
+        ids = ids - first_expert
+    if tokens <= MASKED_LAYOUT_MAX_TOKENS:
+        # Decode: the masked layout, E x T rows of which the GEMMs compute only the routed ones.
+        a, a_scale, masked_m, row_map = moe_permute_masked(xq, x_scale, ids, num_experts)
+        expected_m = max(1, tokens * ids.shape[1] // max(num_experts, 1))
+        h = fp8_grouped_gemm_masked(a, a_scale, w13, w13_scale, masked_m, expected_m)
+        hq, h_scale = silu_and_mul_quant_fp8(h.view(num_experts * tokens, -1))
+        y = fp8_grouped_gemm_masked(hq.view(num_experts, tokens, -1), h_scale.view(num_experts, tokens, -1), w2,
+                                    w2_scale, masked_m, expected_m)
+        return moe_unpermute(y.view(num_experts * tokens, -1), weights, row_map).to(x.dtype)
+    a, a_scale, m_indices, row_map = moe_permute(xq, x_scale, ids, num_experts)
     h = fp8_grouped_gemm_contiguous(a, a_scale, w13, w13_scale, m_indices)
     hq, h_scale = silu_and_mul_quant_fp8(h)
     y = fp8_grouped_gemm_contiguous(hq, h_scale, w2, w2_scale, m_indices)
@@ -322,6 +374,20 @@ def _fp8_grouped_gemm_contiguous(a, a_scale, b, b_scale, m_indices):
 def _fp8_grouped_gemm_masked(a, a_scale, b, b_scale, masked_m, expected_m):
     torch._check(a.dim() == 3 and b.dim() == 3, lambda: "glm52.fp8_grouped_gemm_masked: 'a' must be [E, m_max, K], 'b' [E, N, K]")
     return a.new_empty((a.shape[0], a.shape[1], b.shape[1]), dtype=torch.bfloat16)
+
+
+@torch.library.register_fake("glm52::moe_permute_masked")
+def _moe_permute_masked(x, x_scale, ids, num_experts):
+    tokens = x.shape[0]
+    groups = 0 if x_scale is None else x_scale.shape[1]
+    return (x.new_empty((num_experts, tokens, x.shape[1])),
+            x.new_empty((num_experts, tokens, groups), dtype=torch.float32),
+            x.new_empty((num_experts,), dtype=torch.int32), x.new_empty(ids.shape, dtype=torch.int32))
+
+
+@torch.library.register_fake("glm52::moe_permute_masked_out")
+def _moe_permute_masked_out(x, x_scale, ids, num_experts, *, out, out_scale, masked_m, row_map):
+    return None
 
 
 @torch.library.register_fake("glm52::fp8_gemm")

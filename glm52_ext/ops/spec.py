@@ -4,7 +4,14 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["PROB_SUM_TOLERANCE", "sampling_probs", "spec_verify_greedy", "spec_verify_sampling", "spec_verify_workspace_bytes"]
+__all__ = [
+    "PROB_SUM_TOLERANCE",
+    "sample_probs",
+    "sampling_probs",
+    "spec_verify_greedy",
+    "spec_verify_sampling",
+    "spec_verify_workspace_bytes",
+]
 
 PROB_SUM_TOLERANCE = 1e-3
 """``validate=True`` rejects probability rows whose sum is further than this from 1."""
@@ -60,8 +67,8 @@ def spec_verify_sampling(
     draft: torch.Tensor,
     draft_probs: torch.Tensor | None,
     target_probs: torch.Tensor,
-    seed: int,
-    offset: int,
+    seed: int | torch.Tensor,
+    offset: int | torch.Tensor,
     *,
     validate: bool = False,
     workspace: torch.Tensor | None = None,
@@ -79,11 +86,14 @@ def spec_verify_sampling(
     target_probs : torch.Tensor
         ``[B, n + 1, V]`` float32, contiguous: the target distributions (after temperature,
         top-k and top-p; see :func:`sampling_probs`). Rows are expected to sum to 1.
-    seed, offset : int
+    seed, offset : int or torch.Tensor
         Philox 4x32-10 key and stream: the accept uniform of (b, j) and the sample uniform of
         (b, k) use key ``seed`` and counter ``(b, 2j + purpose, offset)``. Same seed and offset,
         same tokens, on the CPU and the GPU alike; use a new offset for every call (e.g. the
-        decode step). Both are baked into a captured CUDA graph.
+        decode step). As ints both are baked into a captured CUDA graph; as int64 tensors of one
+        element on ``draft``'s device the kernel reads them itself, so a graph that advances the
+        offset tensor (``offset.add_(1)``) draws fresh randomness at every replay, with no host
+        read.
     validate : bool
         Check on the host that every probability row is finite, non-negative and sums to 1
         within :data:`PROB_SUM_TOLERANCE`, and raise ``ValueError`` otherwise. This reads the
@@ -110,12 +120,28 @@ def spec_verify_sampling(
         _validate_probs(target_probs, "target_probs")
         if draft_probs is not None:
             _validate_probs(draft_probs, "draft_probs")
+    overload = "tensor" if isinstance(seed, torch.Tensor) or isinstance(offset, torch.Tensor) else "default"
     if out is None:
-        return torch.ops.glm52.spec_verify_sampling(draft, draft_probs, target_probs, seed, offset, workspace)
-    torch.ops.glm52.spec_verify_sampling_out(
+        return getattr(torch.ops.glm52.spec_verify_sampling, overload)(draft, draft_probs, target_probs, seed, offset,
+                                                                      workspace)
+    getattr(torch.ops.glm52.spec_verify_sampling_out, overload)(
         draft, draft_probs, target_probs, seed, offset, workspace, tokens=out[0], num_emitted=out[1]
     )
     return out
+
+
+def sample_probs(probs: torch.Tensor, seed: int | torch.Tensor, offset: int | torch.Tensor) -> torch.Tensor:
+    """One token per row of ``probs [R, V]`` (float32), drawn by :func:`spec_verify_sampling`'s
+    Philox inverse-CDF sampler: exactly its token for a draft that is always rejected (−1) with
+    ``target_probs`` row 0 = ``probs``, i.e. the uniform of (row r, position 0, the sample draw) under
+    ``seed``/``offset``. No host synchronization; with tensor seed/offset, CUDA-graph safe.
+
+    Returns int32 ``[R]``. Costs one ``[R, 2, V]`` copy of ``probs`` (the op's stop row and bonus row).
+    """
+    rows, vocab = probs.shape
+    draft = torch.full((rows, 1), -1, dtype=torch.int32, device=probs.device)
+    target = probs.unsqueeze(1).expand(rows, 2, vocab).contiguous()
+    return spec_verify_sampling(draft, None, target, seed, offset)[0][:, 0]
 
 
 def _validate_probs(probs: torch.Tensor, name: str) -> None:
@@ -161,16 +187,28 @@ def sampling_probs(
     torch.Tensor
         ``[R, V]`` float32 rows summing to 1: ``softmax(logits / T)`` restricted to the kept set
         and renormalized. Sorts each row (top-k/top-p only): for production-size batches this is
-        the slow part of sampling on a GPU, not the verification.
+        the slow part of sampling on a GPU, not the verification. With Python-number arguments
+        no host synchronization (CUDA-graph safe); with tensor arguments one (whether any row
+        filters).
     """
     rows, vocab = logits.shape
     x = logits.to(torch.float32)
-    t = torch.as_tensor(temperature, dtype=torch.float32, device=x.device).expand(rows)
-    k = torch.as_tensor(top_k, dtype=torch.int64, device=x.device).expand(rows)
-    p = torch.as_tensor(top_p, dtype=torch.float32, device=x.device).expand(rows)
+    argmax = x.argmax(dim=-1, keepdim=True)
+    onehot = torch.zeros_like(x).scatter_(1, argmax, 1.0)
+    scalars = not any(isinstance(a, torch.Tensor) for a in (temperature, top_k, top_p))
+    if scalars and temperature <= 0:
+        return onehot
+    # Python numbers are decided on the host and expanded on the device (torch.full: no copy from
+    # host memory, so the step stays CUDA-graph safe); tensor arguments are decided per row, and
+    # whether any row filters is then read back (one host sync).
+    t, k, p = (a if isinstance(a, torch.Tensor) else torch.full((), a, dtype=dt, device=x.device)
+               for a, dt in ((temperature, torch.float32), (top_k, torch.int64), (top_p, torch.float32)))
+    t, k, p = (a.to(device=x.device, dtype=dt).expand(rows)
+               for a, dt in ((t, torch.float32), (k, torch.int64), (p, torch.float32)))
     greedy = t <= 0
     x = x / torch.where(greedy, 1.0, t)[:, None]
-    if bool((k > 0).any()) or bool((p < 1).any()):
+    filters = (0 < top_k < vocab or top_p < 1) if scalars else bool(((k > 0) & (k < vocab)).any() | (p < 1).any())
+    if filters:
         ordered = x.sort(dim=-1, descending=True).values
         k_index = torch.where((k > 0) & (k < vocab), k - 1, vocab - 1).clamp_min(0)
         x = x.masked_fill(x < ordered.gather(1, k_index[:, None]), float("-inf"))
@@ -183,8 +221,7 @@ def sampling_probs(
         probs = probs / probs.sum(dim=-1, keepdim=True)
     else:
         probs = torch.softmax(x, dim=-1)
-    onehot = torch.nn.functional.one_hot(logits.to(torch.float32).argmax(dim=-1), vocab).to(torch.float32)
-    return torch.where(greedy[:, None], onehot, probs)
+    return probs if scalars else torch.where(greedy[:, None], onehot, probs)
 
 
 # Fake (meta) implementations: shapes and dtypes only, for torch.compile. Out-variants return nothing.
@@ -215,4 +252,16 @@ def _spec_verify_sampling(draft, draft_probs, target_probs, seed, offset, worksp
 
 @torch.library.register_fake("glm52::spec_verify_sampling_out")
 def _spec_verify_sampling_out(draft, draft_probs, target_probs, seed, offset, workspace=None, *, tokens, num_emitted):
+    return None
+
+
+@torch.library.register_fake("glm52::spec_verify_sampling.tensor")
+def _spec_verify_sampling_tensor(draft, draft_probs, target_probs, seed, offset, workspace=None):
+    torch._check(draft.dim() == 2, lambda: f"glm52.spec_verify_sampling: argument 'draft' must be 2-D [B, n], got {list(draft.shape)}")
+    return _fake_outputs(draft)
+
+
+@torch.library.register_fake("glm52::spec_verify_sampling_out.tensor")
+def _spec_verify_sampling_out_tensor(draft, draft_probs, target_probs, seed, offset, workspace=None, *, tokens,
+                                     num_emitted):
     return None

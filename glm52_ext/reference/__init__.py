@@ -10,6 +10,7 @@ from .moe import (
     fp8_grouped_gemm_contiguous,
     fp8_grouped_gemm_masked,
     moe_permute,
+    moe_permute_masked,
     moe_route,
     moe_unpermute,
     permuted_rows_bound,
@@ -32,6 +33,7 @@ from .attention import (
     sparse_mla_prefill,
     topk_indices,
 )
+from .norm import add_rms_norm, rms_norm
 from .quant import (
     FP8_E4M3_MAX,
     QUANT_AMAX_EPS,
@@ -49,6 +51,7 @@ __all__ = [
     "MLA_BF16_TOKEN_BYTES",
     "MLA_FP8_TOKEN_BYTES",
     "QUANT_AMAX_EPS",
+    "add_rms_norm",
     "ceil_div",
     "dequant_fp8_block",
     "fp8_gemm",
@@ -61,6 +64,7 @@ __all__ = [
     "mla_cache_read",
     "mla_cache_write",
     "moe_permute",
+    "moe_permute_masked",
     "moe_route",
     "moe_unpermute",
     "permuted_rows_bound",
@@ -68,6 +72,7 @@ __all__ = [
     "philox_uniform",
     "positions_to_slots",
     "quant_fp8_per_token_group",
+    "rms_norm",
     "round_scale_to_ue8m0",
     "sample_inverse_cdf",
     "silu_and_mul",

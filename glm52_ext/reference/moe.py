@@ -146,6 +146,33 @@ def moe_permute(
     return out, out_scale, m_indices, row_map.view(t, k).to(torch.int32)
 
 
+def moe_permute_masked(
+    x: torch.Tensor, x_scale: torch.Tensor | None, ids: torch.Tensor, num_experts: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The masked layout ``[E, T, K]`` -> ``(out, out_scale, masked_m, row_map)``: expert ``e``'s
+    entries in flattened ``t * top_k + j`` order at rows ``e * T + 0, 1, ...`` of ``out.view(E * T,
+    K)``; ``masked_m[e]`` of them; rows past it zeros here (unspecified in the op). Ids outside
+    ``[0, num_experts)`` are dropped: ``row_map = -1``."""
+    t, k = ids.shape
+    flat = ids.reshape(-1).long()
+    row_map = torch.full((t * k,), -1, dtype=torch.int64)
+    masked_m = torch.zeros(num_experts, dtype=torch.int32)
+    for e in range(num_experts):
+        members = torch.nonzero(flat == e).flatten()  # ascending: (token, slot) order
+        row_map[members] = e * t + torch.arange(members.numel())
+        masked_m[e] = members.numel()
+    groups = 0 if x_scale is None else x_scale.shape[1]
+    out = torch.zeros(num_experts * t, x.shape[1], dtype=x.dtype)
+    out_scale = torch.zeros(num_experts * t, groups, dtype=torch.float32)
+    used = row_map >= 0
+    token = torch.arange(t * k) // k
+    out[row_map[used]] = x[token[used]]
+    if x_scale is not None:
+        out_scale[row_map[used]] = x_scale[token[used]]
+    return (out.view(num_experts, t, -1), out_scale.view(num_experts, t, groups), masked_m,
+            row_map.view(t, k).to(torch.int32))
+
+
 def moe_unpermute(y: torch.Tensor, weights: torch.Tensor, row_map: torch.Tensor) -> torch.Tensor:
     """``out[t] = sum_j weights[t, j] * y[row_map[t, j]]`` over ``j = 0 .. k-1`` in that order, in
     float32 (each product rounded, then added), skipping ``row_map == -1``; cast to ``y``'s dtype."""

@@ -24,7 +24,9 @@ from dataclasses import dataclass, field
 import torch
 
 from . import kernels
-from .kv_cache import BlockAllocator, CacheView, PagedKVCache
+from .counters import OpCounter, OpCounts
+from .graphs import DecodeGraphs
+from .kv_cache import BLOCK_SIZE, BlockAllocator, CacheView, PagedKVCache
 from .model import GLM52ForCausalLM
 
 
@@ -83,10 +85,21 @@ class Engine:
 
     ``cache_format``: ``"bf16"`` or ``"fp8"`` (the attention kernels' MLA layouts; GLM-5.x sizes in
     BF16 with the FP8 indexer) or ``"model"``; by default the kernels' BF16 layout where it fits.
+
+    A decode step reads device values on the host once: the emitted tokens (the engine needs them
+    to stop). Slots are looked up on the device from a block table the host builds from its own
+    bookkeeping, ids are not range-checked on the device, and sampling, drafting and verification
+    stay on the device with their Philox ``seed``/``offset`` as device tensors (the offset advances
+    on the device after every draw). ``cuda_graphs`` (default: on for CUDA) captures the decode
+    target forwards (the plain step and the verification) per (batch bucket, tokens, block-table
+    width) and replays them (:mod:`glm52.graphs`); the MTP draft forwards run eagerly.
+    ``count_step_ops = True`` records every decode step's ops and host syncs
+    (:class:`glm52.counters.OpCounts`) in ``step_counts``.
     """
 
     def __init__(self, model: GLM52ForCausalLM, cache_bytes: int = 256 << 20, spec_steps: int = 3,
-                 eos_token_ids: tuple[int, ...] | list[int] = (), cache_format: str | None = None) -> None:
+                 eos_token_ids: tuple[int, ...] | list[int] = (), cache_format: str | None = None,
+                 cuda_graphs: bool | None = None) -> None:
         config = model.config
         if spec_steps < 0:
             raise ValueError(f"spec_steps must be >= 0, got {spec_steps}")
@@ -98,17 +111,33 @@ class Engine:
         self.device, self.dtype = weight.device, weight.dtype
         self.cache = PagedKVCache.from_budget(config, cache_bytes, self.dtype, self.device, cache_format)
         self.allocator = BlockAllocator(self.cache.num_slots // 64)
+        cuda_graphs = self.device.type == "cuda" if cuda_graphs is None else cuda_graphs
+        if cuda_graphs and self.device.type != "cuda":
+            raise ValueError(f"cuda_graphs needs a model on a CUDA device, got {self.device}")
+        self.graphs = DecodeGraphs(self._decode_forward) if cuda_graphs else None
+        # Philox key and stream of every draw, on the device (CUDA graphs replay the same pointers).
+        self._seed = torch.zeros((), dtype=torch.int64, device=self.device)
+        self._offset = torch.zeros((), dtype=torch.int64, device=self.device)
+        self.count_step_ops = False  # True: count each decode step's ops and host syncs into step_counts
+        self.step_counts: list[OpCounts] = []
 
     # ---- one forward over chosen positions ------------------------------------------------
-    def _view(self, seqs: list[_Sequence], positions: list[list[int]]) -> tuple[CacheView, torch.Tensor]:
-        """Reserve blocks and build the view for ``positions[i]`` of ``seqs[i]`` (ragged, padded)."""
+    def _table(self, seqs: list[_Sequence], positions: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Reserve blocks for ``positions[i]`` of ``seqs[i]`` and return the device ``positions``
+        (ragged, −1 padded) and block table, its width rounded up to a power of two (few shapes
+        for CUDA graphs and compilation). Host values only."""
         width = max(len(p) for p in positions)
         padded = torch.full((len(seqs), width), -1, dtype=torch.int64)
         for row, (seq, pos) in enumerate(zip(seqs, positions)):
             self.allocator.reserve(seq.seq_id, pos[-1] + 1)
             padded[row, : len(pos)] = torch.tensor(pos)
-        padded = padded.to(self.device)
-        return CacheView.for_sequences(self.cache, self.allocator, [s.seq_id for s in seqs], padded), padded
+        blocks = max(len(self.allocator.tables[s.seq_id]) for s in seqs)
+        table = self.allocator.block_table([s.seq_id for s in seqs], 1 << (blocks - 1).bit_length())
+        return padded.to(self.device), table.to(self.device)
+
+    def _view(self, seqs: list[_Sequence], positions: list[list[int]]) -> CacheView:
+        padded, table = self._table(seqs, positions)
+        return CacheView.from_block_table(self.cache, table, padded, table.shape[1] * BLOCK_SIZE)
 
     @staticmethod
     def _ids(rows: list[list[int]], width: int, device: torch.device) -> torch.Tensor:
@@ -117,10 +146,24 @@ class Engine:
             out[i, : len(row)] = torch.tensor(row)
         return out.to(device)
 
-    def _target(self, seqs: list[_Sequence], start: list[int], new: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
-        """Target forward of tokens ``new[i]`` at positions ``start[i]..`` -> (hidden, logits) ``[B, T, ...]``."""
-        view, _ = self._view(seqs, [list(range(s, s + len(n))) for s, n in zip(start, new)])
-        hidden = self.model.hidden_states(self._ids(new, view.positions.shape[1], self.device), view)
+    def _target(self, seqs: list[_Sequence], start: list[int], new: list[list[int]] | torch.Tensor,
+                decode: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        """Target forward of tokens ``new[i]`` (host lists, or a device ``[B, T]`` tensor) at
+        positions ``start[i]..`` -> (hidden, logits) ``[B, T, ...]``. ``decode``: a decode-shaped
+        forward (the plain step, the verification), replayed from CUDA graphs when they are on."""
+        lengths = [len(n) for n in new] if isinstance(new, list) else [new.shape[1]] * len(seqs)
+        positions, table = self._table(seqs, [list(range(s, s + n)) for s, n in zip(start, lengths)])
+        ids = self._ids(new, positions.shape[1], self.device) if isinstance(new, list) else new
+        forward = self.graphs if decode and self.graphs is not None else self._decode_forward
+        return forward(ids, positions, table)
+
+    def _decode_forward(self, ids: torch.Tensor, positions: torch.Tensor, table: torch.Tensor,
+                        ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The target forward as a function of device tensors only (what CUDA graphs capture and
+        ``torch.compile(fullgraph=True)`` traces): ``ids``/``positions [B, T]`` (−1: padding),
+        ``table [B, W]`` -> (hidden ``[B, T, hidden]``, logits ``[B, T, V]``)."""
+        view = CacheView.from_block_table(self.cache, table, positions, table.shape[1] * BLOCK_SIZE)
+        hidden = self.model.hidden_states(ids, view, check_values=False)
         return hidden, self.model.lm_head(hidden)
 
     # ---- sampling -------------------------------------------------------------------------------
@@ -128,25 +171,32 @@ class Engine:
         return kernels.sampling_probs(logits.reshape(-1, logits.shape[-1]), sp.temperature, sp.top_k,
                                       sp.top_p).view(logits.shape)
 
-    def _sample(self, probs: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
-        """One token per row of ``probs [R, V]`` (argmax when the row is one-hot)."""
-        return torch.multinomial(probs.float().cpu(), 1, generator=gen).view(-1)
+    def _next_tokens(self, logits: torch.Tensor, sp: SamplingParams) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """One token per row of ``logits [R, V]`` on the device (int64) and the distribution it was
+        drawn from (None when greedy: the argmax, ties to the lowest id)."""
+        if sp.temperature == 0:
+            return logits.argmax(dim=-1), None
+        probs = self._probs(logits, sp)
+        tokens = kernels.sample_probs(probs, self._seed, self._offset).long()
+        self._offset.add_(1)
+        return tokens, probs
 
     # ---- drafting ------------------------------------------------------------------------------
-    def _draft(self, seqs: list[_Sequence], sp: SamplingParams, gen: torch.Generator):
-        """-> (drafts ``[B, n]``, draft probabilities ``[B, n, V]`` or None when greedy)."""
+    def _draft(self, seqs: list[_Sequence], sp: SamplingParams):
+        """-> (drafts ``[B, n]`` int64 on the device, draft probabilities ``[B, n, V]`` or None when greedy)."""
         n = self.spec_steps
         # Catch-up step over the fresh positions: position t pairs h_t with x_{t+1}.
         positions = [list(range(s.fresh_from, s.fresh_from + s.fresh_hidden.shape[0])) for s in seqs]
-        view, _ = self._view(seqs, positions)
+        view = self._view(seqs, positions)
         width = view.positions.shape[1]
         hidden = torch.zeros(len(seqs), width, self.config.hidden_size, dtype=self.dtype, device=self.device)
         next_ids = []
         for row, s in enumerate(seqs):
             hidden[row, : s.fresh_hidden.shape[0]] = s.fresh_hidden
             next_ids.append(s.tokens[s.fresh_from + 1: s.fresh_from + 1 + s.fresh_hidden.shape[0]])
-        out, logits, topk = self.model.mtp(hidden, self._ids(next_ids, width, self.device), view=view)
-        last = torch.tensor([len(p) - 1 for p in positions], device=self.device)
+        out, logits, topk = self.model.mtp(hidden, self._ids(next_ids, width, self.device), view=view,
+                                           check_values=False)
+        last = torch.tensor([len(p) - 1 for p in positions]).to(self.device)
         rows = torch.arange(len(seqs), device=self.device)
         h, step_logits, shared = out[rows, last][:, None], logits[rows, last], topk[rows, last][:, None]
         if not self.config.index_share_for_mtp_iteration:
@@ -155,11 +205,11 @@ class Engine:
         for j in range(n):
             if j:
                 pos = [[s.fresh_from + s.fresh_hidden.shape[0] - 1 + j] for s in seqs]
-                view, _ = self._view(seqs, pos)
-                h, step_logits, _ = self.model.mtp(h, drafts[-1][:, None].to(self.device), view=view, shared_topk=shared)
+                h, step_logits, _ = self.model.mtp(h, drafts[-1][:, None], view=self._view(seqs, pos),
+                                                   shared_topk=shared, check_values=False)
                 step_logits = step_logits[:, 0]
-            q = self._probs(step_logits, sp)
-            drafts.append(self._sample(q, gen))
+            token, q = self._next_tokens(step_logits, sp)
+            drafts.append(token)
             probs.append(q)
         draft_probs = torch.stack(probs, dim=1) if sp.temperature > 0 else None
         return torch.stack(drafts, dim=1), draft_probs
@@ -177,16 +227,18 @@ class Engine:
         for i, p in enumerate(prompts):
             if min(p) < 0 or max(p) >= vocab:
                 raise ValueError(f"prompt {i} has token ids outside [0, {vocab})")
-        gen = torch.Generator().manual_seed(sp.seed)
+        self._seed.fill_(sp.seed)
+        self._offset.zero_()
         seqs = [_Sequence(seq_id=i, tokens=list(p), prompt_len=len(p)) for i, p in enumerate(prompts)]
         start = time.perf_counter()
         try:
-            self._prefill(seqs, sp, gen)
+            self._prefill(seqs, sp)
             for s in seqs:
                 self._finish_if_done(s, max_new_tokens)
             steps, emitted, per_step = 0, 0, []
+            self.step_counts = []
             while live := [s for s in seqs if not s.done]:
-                n_out = self._step(live, sp, gen, offset=steps)
+                n_out = self._counted_step(live, sp)
                 steps += 1
                 emitted += sum(n_out)
                 per_step.append(sum(n_out) / len(n_out))
@@ -199,38 +251,50 @@ class Engine:
         return GenerationResult([s.generated[:max_new_tokens] for s in seqs], steps, emitted,
                                 time.perf_counter() - start, per_step)
 
-    def _prefill(self, seqs: list[_Sequence], sp: SamplingParams, gen: torch.Generator) -> None:
+    def _prefill(self, seqs: list[_Sequence], sp: SamplingParams) -> None:
         hidden, logits = self._target(seqs, [0] * len(seqs), [s.tokens for s in seqs])
-        last = torch.tensor([s.prompt_len - 1 for s in seqs], device=self.device)
+        last = torch.tensor([s.prompt_len - 1 for s in seqs]).to(self.device)
         rows = torch.arange(len(seqs), device=self.device)
-        first = self._sample(self._probs(logits[rows, last], sp), gen)
-        for row, s in enumerate(seqs):
-            s.tokens.append(int(first[row]))
+        first, _ = self._next_tokens(logits[rows, last], sp)
+        for row, (s, token) in enumerate(zip(seqs, first.tolist())):
+            s.tokens.append(token)
             s.fresh_hidden, s.fresh_from = hidden[row, : s.prompt_len], 0
 
-    def _step(self, seqs: list[_Sequence], sp: SamplingParams, gen: torch.Generator, offset: int) -> list[int]:
+    def _counted_step(self, seqs: list[_Sequence], sp: SamplingParams) -> list[int]:
+        if not self.count_step_ops:
+            return self._step(seqs, sp)
+        with OpCounter(self.model) as counter:
+            n_out = self._step(seqs, sp)
+        self.step_counts.append(counter.counts)
+        return n_out
+
+    def _step(self, seqs: list[_Sequence], sp: SamplingParams) -> list[int]:
         """One draft + verify round (or one plain token); returns tokens emitted per sequence.
-        ``offset`` (the step number) keys the verification's random stream with ``sp.seed``."""
+        Reads the device once: the emitted tokens."""
         lengths = [len(s.tokens) for s in seqs]
         if not self.spec_steps:
-            _, logits = self._target(seqs, [n - 1 for n in lengths], [[s.tokens[-1]] for s in seqs])
-            for s, token in zip(seqs, self._sample(self._probs(logits[:, 0], sp), gen).tolist()):
+            _, logits = self._target(seqs, [n - 1 for n in lengths], [[s.tokens[-1]] for s in seqs], decode=True)
+            tokens, _ = self._next_tokens(logits[:, 0], sp)
+            for s, token in zip(seqs, tokens.tolist()):
                 s.tokens.append(token)
                 self.allocator.truncate(s.seq_id, len(s.tokens))
             return [1] * len(seqs)
-        drafts, draft_probs = self._draft(seqs, sp, gen)
-        new = [[s.tokens[-1]] + d for s, d in zip(seqs, drafts.tolist())]
-        hidden, logits = self._target(seqs, [n - 1 for n in lengths], new)
-        drafts = drafts.to(self.device)
+        drafts, draft_probs = self._draft(seqs, sp)
+        last = self._ids([[s.tokens[-1]] for s in seqs], 1, self.device)
+        hidden, logits = self._target(seqs, [n - 1 for n in lengths], torch.cat((last, drafts), dim=1), decode=True)
         if sp.temperature == 0:
             tokens, counts = kernels.spec_verify_greedy(drafts, logits)
         else:
-            tokens, counts = kernels.spec_verify_sampling(drafts, draft_probs, self._probs(logits, sp), sp.seed, offset)
+            tokens, counts = kernels.spec_verify_sampling(drafts, draft_probs, self._probs(logits, sp), self._seed,
+                                                          self._offset)
+            self._offset.add_(1)
         out = []
-        for row, s in enumerate(seqs):
-            m = int(counts[row])
-            s.tokens.extend(tokens[row, :m].tolist())
+        for row, (s, emitted) in enumerate(zip(seqs, torch.cat((counts[:, None], tokens), dim=1).tolist())):
+            m = emitted[0]
+            s.tokens.extend(emitted[1: m + 1])
             # The target saw x_{L-1} and the m-1 accepted drafts: their hidden states are new for the MTP.
+            # (With CUDA graphs a view of the graph's output buffer: the next round's drafting reads it
+            # before the next verification replay overwrites it.)
             s.fresh_hidden, s.fresh_from = hidden[row, :m], lengths[row] - 1
             self.allocator.truncate(s.seq_id, len(s.tokens))
             out.append(m)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import torch
 
 from glm52_ext.ops import (
+    add_rms_norm,
     dequant_fp8_block,
     indexer_cache_write,
     indexer_logits_paged,
@@ -18,14 +19,19 @@ from glm52_ext.ops import (
     fp8_gemm,
     fp8_moe_experts,
     fp8_swiglu_mlp,
+    moe_permute,
     moe_route,
+    moe_unpermute,
     quant_fp8_per_token_group,
+    rms_norm,
+    sample_probs,
     sampling_probs,
     spec_verify_greedy,
     spec_verify_sampling,
 )
 
 __all__ = [
+    "add_rms_norm",
     "dequant_fp8_block",
     "fp8_gemm",
     "fp8_moe_experts",
@@ -33,8 +39,12 @@ __all__ = [
     "indexer_cache_write",
     "indexer_logits_paged",
     "mla_cache_write",
+    "moe_permute",
     "moe_route",
+    "moe_unpermute",
     "quant_fp8_per_token_group",
+    "rms_norm",
+    "sample_probs",
     "sampling_probs",
     "sparse_mla_decode",
     "sparse_mla_prefill_model",

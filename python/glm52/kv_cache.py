@@ -59,8 +59,21 @@ class BlockAllocator:
         self.truncate(seq_id, 0)
         del self.tables[seq_id]
 
+    def block_table(self, seq_ids: list[int], width: int | None = None) -> torch.Tensor:
+        """The blocks of ``seq_ids`` as a host int32 ``[B, width]`` table, −1 padded (default width:
+        the longest table). Built from the host bookkeeping alone: no device value is read."""
+        tables = [self.tables.get(seq, []) for seq in seq_ids]
+        width = max(1, max(map(len, tables), default=0)) if width is None else width
+        out = torch.full((len(seq_ids), width), -1, dtype=torch.int32)
+        for row, table in enumerate(tables):
+            if len(table) > width:
+                raise ValueError(f"sequence {seq_ids[row]} holds {len(table)} blocks, more than the table width {width}")
+            out[row, : len(table)] = torch.tensor(table, dtype=torch.int32)
+        return out
+
     def slots(self, seq_id: int, positions: torch.Tensor) -> torch.Tensor:
-        """Slots of ``positions`` (int64, any shape; −1 stays −1) in ``seq_id``'s blocks."""
+        """Slots of ``positions`` (int64, any shape; −1 stays −1) in ``seq_id``'s blocks, checked on
+        the host (reads ``positions``; the decode step uses :func:`paged_slots` instead)."""
         table = torch.tensor(self.tables.get(seq_id, []) or [-1], dtype=torch.int64, device=positions.device)
         valid = positions >= 0
         p = positions.clamp_min(0)
@@ -127,11 +140,13 @@ class PagedKVCache:
             return {i: torch.zeros(shape, dtype=dt, device=device) for i in which}
 
         if format == "model":
+            # One spare row past the last slot takes the writes of slot −1 (padding tokens), so a
+            # write needs no boolean mask (a host sync).
             width = config.kv_lora_rank + config.qk_rope_head_dim
-            self.latent = per_layer((self.num_slots, width), dtype, layers)
+            self.latent = per_layer((self.num_slots + 1, width), dtype, layers)
             key_dtype = torch.float8_e4m3fn if fp8_keys else torch.float32
-            self.index_keys = per_layer((self.num_slots, config.index_head_dim), key_dtype, indexed)
-            self.index_scales = per_layer((self.num_slots,), torch.float32, indexed) if fp8_keys else {}
+            self.index_keys = per_layer((self.num_slots + 1, config.index_head_dim), key_dtype, indexed)
+            self.index_scales = per_layer((self.num_slots + 1,), torch.float32, indexed) if fp8_keys else {}
         else:
             row = KERNEL_FORMAT_TOKEN_BYTES[format]
             self.latent = per_layer((num_blocks, BLOCK_SIZE, row), torch.uint8, layers)
@@ -166,18 +181,17 @@ class PagedKVCache:
                 kernels.indexer_cache_write(index_key.reshape(-1, index_key.shape[-1]).float(), flat_slots,
                                             self.index_keys[layer])
             return
-        keep = flat_slots >= 0
-        rows = flat_slots[keep]
-        self.latent[layer][rows] = latent.reshape(-1, latent.shape[-1])[keep].to(self.latent[layer].dtype)
+        rows = torch.where(flat_slots >= 0, flat_slots, self.num_slots)  # −1 -> the spare row
+        self.latent[layer].index_copy_(0, rows, latent.reshape(-1, latent.shape[-1]).to(self.latent[layer].dtype))
         if index_key is None:
             return
-        keys = index_key.reshape(-1, index_key.shape[-1])[keep]
+        keys = index_key.reshape(-1, index_key.shape[-1])
         if layer in self.index_scales:
             k8, scale = kernels.quant_fp8_per_token_group(keys.float(), keys.shape[-1])
-            self.index_keys[layer][rows] = k8
-            self.index_scales[layer][rows] = scale.view(-1)
+            self.index_keys[layer].view(torch.uint8).index_copy_(0, rows, k8.view(torch.uint8))  # no fp8 index_copy_
+            self.index_scales[layer].index_copy_(0, rows, scale.view(-1))
         else:
-            self.index_keys[layer][rows] = keys.float()
+            self.index_keys[layer].index_copy_(0, rows, keys.float())
 
     def index_scores(self, layer: int, q: torch.Tensor, w: torch.Tensor, view: CacheView) -> torch.Tensor:
         """Indexer scores of queries ``q [B, T, H, D]`` with head weights ``w [B, T, H]`` (fp32,
@@ -226,12 +240,25 @@ def indexer_scores_fp8(q: torch.Tensor, w: torch.Tensor, k8: torch.Tensor, k_sca
     return torch.einsum("bsh,bsht->bst", w, logits) * k_scale.unsqueeze(1)
 
 
+def paged_slots(block_table: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+    """Slots of ``positions [B, T]`` (−1: none) through ``block_table [B, W]`` (−1 padded), on the
+    device: no host read, so it can run inside a captured CUDA graph. A position whose block is
+    not in the table maps to −1 (neither stored nor attended to)."""
+    width = block_table.shape[1]
+    p = positions.clamp_min(0)
+    index = p // BLOCK_SIZE
+    block = block_table.long().gather(1, index.clamp_max(width - 1))
+    valid = (positions >= 0) & (index < width) & (block >= 0)
+    return torch.where(valid, block * BLOCK_SIZE + p % BLOCK_SIZE, -1)
+
+
 @dataclass
 class CacheView:
     """What one forward step knows about the cache.
 
-    ``positions``/``slots`` ``[B, T]``: the new tokens' absolute positions and cache slots (slot −1:
-    a padding token, neither stored nor attended to). ``context_slots [B, C]``: the slot of every
+    ``positions``/``slots`` ``[B, T]`` int64: the new tokens' absolute positions and cache slots (slot
+    −1: a padding token, neither stored nor attended to). ``context_slots [B, C]`` int32 (what the
+    attention kernels take, so the chosen slots need no per-layer conversion): the slot of every
     position ``0..C-1`` of each sequence after this step (−1 past its length). ``block_table
     [B, max_blocks]`` int32: each sequence's blocks (−1 padded), what the paged kernels read.
     """
@@ -252,26 +279,30 @@ class CacheView:
         table = torch.arange(batch * per_seq, dtype=torch.int32, device=device).view(batch, per_seq)
         positions = torch.arange(tokens, device=device).expand(batch, tokens)
         slots = table[:, :1].long() * BLOCK_SIZE + positions
-        return cls(cache, positions, slots, slots, table)
+        return cls(cache, positions, slots, slots.int(), table)
 
     @classmethod
     def for_sequences(cls, cache: PagedKVCache, allocator: BlockAllocator, seq_ids: list[int],
-                      positions: torch.Tensor) -> CacheView:
+                      positions: torch.Tensor, context: int | None = None) -> CacheView:
         """View for new tokens at ``positions [B, T]`` (−1: padding) of sequences ``seq_ids``;
-        their blocks must already be reserved."""
-        device = positions.device
-        context = int(positions.max()) + 1 if positions.numel() else 0
-        span = torch.arange(context, device=device)
-        slots, context_slots = [], []
-        for row, seq in enumerate(seq_ids):
-            length = int(positions[row].max()) + 1
-            slots.append(allocator.slots(seq, positions[row]))
-            context_slots.append(allocator.slots(seq, torch.where(span < length, span, -1)))
-        tables = [allocator.tables.get(seq, []) for seq in seq_ids]
-        block_table = torch.full((len(seq_ids), max(1, max(map(len, tables)))), -1, dtype=torch.int32)
-        for row, table in enumerate(tables):
-            block_table[row, : len(table)] = torch.tensor(table, dtype=torch.int32)
-        return cls(cache, positions, torch.stack(slots), torch.stack(context_slots), block_table.to(device))
+        their blocks must already be reserved. ``context``: the context width C (at least the
+        largest position + 1); without it ``positions`` is read on the host to find it."""
+        if context is None:
+            context = int(positions.max()) + 1 if positions.numel() else 0
+        table = allocator.block_table(seq_ids).to(positions.device)
+        return cls.from_block_table(cache, table, positions, context)
+
+    @classmethod
+    def from_block_table(cls, cache: PagedKVCache, block_table: torch.Tensor, positions: torch.Tensor,
+                         context: int) -> CacheView:
+        """View whose slots are looked up on the device from ``block_table [B, W]`` (int32, −1
+        padded) for ``positions [B, T]``; each sequence's context ends at its largest position.
+        No host read: what a compiled or graph-captured decode step builds."""
+        span = torch.arange(context, device=positions.device)
+        lengths = positions.amax(dim=1, keepdim=True) + 1
+        context_positions = torch.where(span < lengths, span, -1)
+        return cls(cache, positions, paged_slots(block_table, positions),
+                   paged_slots(block_table, context_positions).int(), block_table)
 
     def causal_mask(self) -> torch.Tensor:
         """``[B, T, C]``: query (b, t) may see context position c (c ≤ its position, c stored)."""

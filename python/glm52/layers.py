@@ -18,8 +18,25 @@ def _param(*shape: int) -> nn.Parameter:
     return nn.Parameter(torch.empty(*shape), requires_grad=False)
 
 
+def converted(owner: nn.Module, name: str, make, *sources: torch.Tensor, tag: object = None) -> torch.Tensor:
+    """``make()`` (a dequantized or fp32 copy of small weights) computed once and reused while
+    ``sources`` keep their storage and see no in-place write (torch's version counter), instead of
+    a conversion op per call (``tag``: anything else the result depends on, e.g. its dtype). Kept
+    as a plain attribute (not in the state dict). Traced code (``torch.compile``) converts inline:
+    the compiler fuses it."""
+    if torch.compiler.is_compiling():
+        return make()
+    key = (tag, *((t.data_ptr(), t._version, t.dtype, t.device) for t in sources))
+    cached = owner.__dict__.get(name)
+    if cached is None or cached[0] != key:
+        cached = owner.__dict__[name] = (key, make())
+    return cached[1]
+
+
 class RMSNorm(nn.Module):
-    """``x * rsqrt(mean(x^2) + eps) * w`` computed in fp32."""
+    """``x * rsqrt(mean(x^2) + eps) * w`` computed in fp32: one ``rms_norm`` op (``add_rms_norm``
+    fused with the residual add), instead of the ~8 elementwise ops the torch expression takes.
+    A weight whose dtype differs from the input's takes that torch expression."""
 
     def __init__(self, dim: int, eps: float) -> None:
         super().__init__()
@@ -27,9 +44,18 @@ class RMSNorm(nn.Module):
         self.weight = _param(dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        xf = x.float()
-        xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
-        return (xf * self.weight.float()).to(x.dtype)
+        if x.dtype != self.weight.dtype:
+            xf = x.float()
+            xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
+            return (xf * self.weight.float()).to(x.dtype)
+        return kernels.rms_norm(x.contiguous(), self.weight, self.eps)
+
+    def add(self, x: torch.Tensor, residual: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(norm(x + residual), x + residual)``, the sum rounded to x's dtype as a plain add is."""
+        if x.dtype != self.weight.dtype or residual.dtype != x.dtype:
+            total = x + residual
+            return self(total), total
+        return kernels.add_rms_norm(x.contiguous(), residual.contiguous(), self.weight, self.eps)
 
 
 class LayerNorm(nn.Module):
@@ -42,7 +68,9 @@ class LayerNorm(nn.Module):
         self.bias = _param(dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = F.layer_norm(x.float(), x.shape[-1:], self.weight.float(), self.bias.float(), self.eps)
+        weight = converted(self, "_weight_fp32", self.weight.float, self.weight)
+        bias = converted(self, "_bias_fp32", self.bias.float, self.bias)
+        out = F.layer_norm(x.float(), x.shape[-1:], weight, bias, self.eps)
         return out.to(x.dtype)
 
 
@@ -69,11 +97,18 @@ class Linear(nn.Module):
         self.register_parameter("weight_scale_inv", None)
 
     def dense_weight(self, dtype: torch.dtype, expert: int | None = None) -> torch.Tensor:
+        """The weight in ``dtype``; FP8 weights dequantized. A non-expert weight is converted once
+        and reused (the attention's absorbed ``kv_b_proj``, off-grid FP8 projections and the
+        indexer's fp32 ``weights_proj`` run every step): memory for speed, small matrices only."""
         w = self.weight if expert is None else self.weight[expert]
         if self.weight_scale_inv is None:
-            return w.to(dtype)
+            if expert is not None or w.dtype == dtype:
+                return w.to(dtype)
+            return converted(self, "_dense", lambda: w.to(dtype), w, tag=dtype)
         s = self.weight_scale_inv if expert is None else self.weight_scale_inv[expert]
-        return kernels.dequant_fp8_block(w, s, out_dtype=dtype)
+        if expert is not None:
+            return kernels.dequant_fp8_block(w, s, out_dtype=dtype)
+        return converted(self, "_dense", lambda: kernels.dequant_fp8_block(w, s, out_dtype=dtype), w, s, tag=dtype)
 
     @property
     def fp8_ready(self) -> bool:
@@ -116,16 +151,22 @@ def rope_cos_sin(positions: torch.Tensor, dim: int, theta: float) -> tuple[torch
     return angles.cos(), angles.sin()
 
 
-def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+def rope_turn(cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """The rotation ``cos + i sin`` (complex64) that :func:`apply_rope` multiplies each pair by."""
+    return torch.complex(cos, sin)
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor | None) -> torch.Tensor:
     """Interleaved RoPE on ``x [B, T, ..., dim]`` with ``cos, sin [B or 1, T, dim/2]`` (or ``[T, dim/2]``):
-    pairs (0,1), (2,3), ... rotate; layout kept."""
-    if cos.dim() == 2:
-        cos, sin = cos.unsqueeze(0), sin.unsqueeze(0)
-    shape = cos.shape[:2] + (1,) * (x.dim() - 3) + cos.shape[2:]
-    cos, sin = cos.view(shape), sin.view(shape)
-    xf = x.float()
-    x1, x2 = xf[..., 0::2], xf[..., 1::2]
-    return torch.stack((x1 * cos - x2 * sin, x2 * cos + x1 * sin), dim=-1).flatten(-2).to(x.dtype)
+    pairs (0,1), (2,3), ... rotate; layout kept. ``sin=None``: ``cos`` is already the complex
+    ``cos + i sin`` (:func:`rope_turn`, computed once per forward instead of once per call)."""
+    turn = cos if sin is None else rope_turn(cos, sin)
+    if turn.dim() == 2:
+        turn = turn.unsqueeze(0)
+    # The pairs as complex numbers turned by cos + i sin: 3 ops instead of ~10 elementwise ones.
+    turn = turn.view(turn.shape[:2] + (1,) * (x.dim() - 3) + turn.shape[2:])
+    pairs = torch.view_as_complex(x.float().contiguous().unflatten(-1, (-1, 2)))
+    return torch.view_as_real(pairs * turn).flatten(-2).to(x.dtype)
 
 
 class MLP(nn.Module):
@@ -162,7 +203,8 @@ class Router(nn.Module):
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         c = self.config
         dtype = getattr(torch, c.moe_router_dtype)
-        logits = F.linear(x.to(dtype), self.weight.to(dtype)).float()
+        weight = converted(self, "_weight_router", lambda: self.weight.to(dtype), self.weight, tag=dtype)
+        logits = F.linear(x.to(dtype), weight).float()
         return kernels.moe_route(logits, self.e_score_correction_bias, c.num_experts_per_tok, c.n_group,
                                  c.topk_group, c.routed_scaling_factor, c.norm_topk_prob)
 
@@ -186,14 +228,46 @@ class Experts(nn.Module):
             w13, s13 = fused_gate_up(self)
             return kernels.fp8_moe_experts(x, weights, ids, w13, s13, self.down_proj.weight,
                                            self.down_proj.weight_scale_inv, self.first_expert)
+        local = ids - self.first_expert
+        if self.gate_proj.weight_scale_inv is None:
+            return self._grouped(x, weights, local)
+        # FP8 weights off the FP8 kernels' grid: dequantize only the experts hit (host loop).
         out = torch.zeros_like(x)
-        local = ids.long() - self.first_expert
+        local = local.long()
         for e in torch.unique(local[(local >= 0) & (local < self.num_experts)]).tolist():
             rows, slot = (local == e).nonzero(as_tuple=True)
             h = x[rows]
             y = self.down_proj(F.silu(self.gate_proj(h, e)) * self.up_proj(h, e), e)
             out.index_add_(0, rows, (y.float() * weights[rows, slot, None]).to(x.dtype))
         return out
+
+    def _grouped(self, x: torch.Tensor, weights: torch.Tensor, local: torch.Tensor) -> torch.Tensor:
+        """High-precision experts without a host sync: the expert-sorted layout of ``moe_permute``
+        (alignment 1, so segments are back to back), grouped GEMMs over it, the weighted combine."""
+        a, _, m_indices, row_map = kernels.moe_permute(x.contiguous(), None, local, self.num_experts, 1)
+        rows = m_indices.long()
+        counts = torch.zeros(self.num_experts, dtype=torch.int64, device=x.device)
+        counts.scatter_add_(0, rows.clamp_min(0), (rows >= 0).long())
+        ends = counts.cumsum(0).int()  # segment e is rows [ends[e-1], ends[e])
+        gate = grouped_linear(a, self.gate_proj.weight, ends, rows)
+        up = grouped_linear(a, self.up_proj.weight, ends, rows)
+        y = grouped_linear(F.silu(gate) * up, self.down_proj.weight, ends, rows)
+        return kernels.moe_unpermute(y, weights, row_map).to(x.dtype)
+
+
+def grouped_linear(a: torch.Tensor, w: torch.Tensor, ends: torch.Tensor, experts: torch.Tensor) -> torch.Tensor:
+    """``out[r] = a[r] @ w[e(r)]ᵀ`` for expert-sorted rows: ``a [R, K]``, ``w [E, N, K]``, ``ends [E]``
+    int32 (segment ends), ``experts [R]`` (e(r), −1 on padding rows, whose output is unspecified).
+
+    ``torch._grouped_mm`` where it runs (BF16; other dtypes on the CPU in eager mode: its meta
+    kernel, which tracing uses, takes BF16 only) and its 16-byte stride rule holds; else each row
+    gathers its expert's weight (memory ``R * N * K``: small models only)."""
+    w = w.to(a.dtype)
+    row_bytes = {a.shape[1] * a.element_size(), w.shape[1] * a.element_size()}
+    eager_cpu = a.device.type == "cpu" and not torch.compiler.is_compiling()
+    if (a.dtype == torch.bfloat16 or eager_cpu) and all(b % 16 == 0 for b in row_bytes):
+        return torch._grouped_mm(a, w.transpose(1, 2), offs=ends)
+    return torch.einsum("rk,rnk->rn", a, w[experts.clamp_min(0)])
 
 
 class MoE(nn.Module):

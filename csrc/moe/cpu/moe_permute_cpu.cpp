@@ -16,17 +16,18 @@
 namespace glm52::moe {
 namespace {
 
-void moe_permute_out_cpu(const at::Tensor& x, const std::optional<at::Tensor>& x_scale, const at::Tensor& ids,
-                         int64_t num_experts, int64_t alignment, at::Tensor& out, at::Tensor& out_scale,
-                         at::Tensor& m_indices, at::Tensor& row_map) {
-  check_permute_out(x, x_scale, ids, num_experts, alignment, out, out_scale, m_indices, row_map);
-  const int64_t routed = ids.numel(), top_k = ids.size(1), rows = out.size(0);
-  const int64_t row_bytes = x.size(1) * x.element_size(), groups = out_scale.size(1);
+// Both layouts: contiguous (segments from segment_starts, m_indices written) or masked
+// (segments at e * m_max with m_max = T, m_indices == nullptr, count is masked_m).
+void permute_cpu(const at::Tensor& x, const std::optional<at::Tensor>& x_scale, const at::Tensor& ids,
+                 int64_t num_experts, int64_t alignment, bool masked, at::Tensor& out, at::Tensor& out_scale,
+                 int32_t* m_indices, int32_t* count, at::Tensor& row_map) {
+  const int64_t routed = ids.numel(), top_k = ids.size(1), rows = masked ? num_experts * x.size(0) : out.size(0);
+  const int64_t row_bytes = x.size(1) * x.element_size(), groups = x_scale ? x_scale->size(1) : 0;
   const int32_t* id = ids.const_data_ptr<int32_t>();
   // The CUDA kernels' phases, chunk by chunk: count, scan the chunk counts, lay out the
   // segments, then rank each chunk's entries in order from its chunk's prefix.
   const int64_t chunks = ceil_div(routed, kPermuteChunk);
-  std::vector<int32_t> chunk_prefix(chunks * num_experts, 0), count(num_experts);
+  std::vector<int32_t> chunk_prefix(chunks * num_experts, 0);
   for (int64_t c = 0; c < chunks; ++c) {
     int64_t begin, end;
     permute_chunk_range(c, routed, &begin, &end);
@@ -35,7 +36,14 @@ void moe_permute_out_cpu(const at::Tensor& x, const std::optional<at::Tensor>& x
   }
   for (int64_t e = 0; e < num_experts; ++e) count[e] = chunk_column_scan(chunk_prefix.data(), chunks, num_experts, e);
   std::vector<int64_t> seg_start(num_experts + 1);
-  segment_starts(count.data(), num_experts, alignment, seg_start.data());
+  if (masked) {
+    for (int64_t e = 0; e < num_experts; ++e)
+      GLM52_CHECK_ARG(count[e] <= x.size(0), kPermuteMaskedOp, "ids", "routes ", count[e], " entries to expert ", e,
+                      ", more than the T = ", x.size(0), " rows of the masked layout (repeated experts in a token?)");
+    masked_segment_starts(num_experts, x.size(0), seg_start.data());
+  } else {
+    segment_starts(count, num_experts, alignment, seg_start.data());
+  }
 
   int32_t* map = row_map.mutable_data_ptr<int32_t>();
   std::vector<int64_t> cursor(num_experts);
@@ -60,8 +68,25 @@ void moe_permute_out_cpu(const at::Tensor& x, const std::optional<at::Tensor>& x
       if (groups) std::memcpy(dst_scale + map[i] * groups, src_scale + t * groups, groups * sizeof(float));
     }
   });
-  int32_t* mi = m_indices.mutable_data_ptr<int32_t>();
-  for (int64_t r = 0; r < rows; ++r) mi[r] = segment_row_expert(r, seg_start.data(), count.data(), num_experts);
+  if (m_indices)
+    for (int64_t r = 0; r < rows; ++r) m_indices[r] = segment_row_expert(r, seg_start.data(), count, num_experts);
+}
+
+void moe_permute_out_cpu(const at::Tensor& x, const std::optional<at::Tensor>& x_scale, const at::Tensor& ids,
+                         int64_t num_experts, int64_t alignment, at::Tensor& out, at::Tensor& out_scale,
+                         at::Tensor& m_indices, at::Tensor& row_map) {
+  check_permute_out(x, x_scale, ids, num_experts, alignment, out, out_scale, m_indices, row_map);
+  std::vector<int32_t> count(num_experts);
+  permute_cpu(x, x_scale, ids, num_experts, alignment, false, out, out_scale, m_indices.mutable_data_ptr<int32_t>(),
+              count.data(), row_map);
+}
+
+void moe_permute_masked_out_cpu(const at::Tensor& x, const std::optional<at::Tensor>& x_scale, const at::Tensor& ids,
+                                int64_t num_experts, at::Tensor& out, at::Tensor& out_scale, at::Tensor& masked_m,
+                                at::Tensor& row_map) {
+  check_permute_masked_out(x, x_scale, ids, num_experts, out, out_scale, masked_m, row_map);
+  permute_cpu(x, x_scale, ids, num_experts, 1, true, out, out_scale, nullptr, masked_m.mutable_data_ptr<int32_t>(),
+              row_map);
 }
 
 template <typename T>
@@ -98,6 +123,7 @@ void moe_unpermute_out_cpu(const at::Tensor& y, const at::Tensor& weights, const
 
 TORCH_LIBRARY_IMPL(glm52, CPU, m) {
   m.impl("moe_permute_out", &moe_permute_out_cpu);
+  m.impl("moe_permute_masked_out", &moe_permute_masked_out_cpu);
   m.impl("moe_unpermute_out", &moe_unpermute_out_cpu);
 }
 

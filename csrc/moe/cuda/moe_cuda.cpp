@@ -90,10 +90,10 @@ void moe_route_out_cuda(const at::Tensor& logits, const at::Tensor& bias, int64_
   C10_CUDA_CHECK(launch_moe_route(args, c10::cuda::getCurrentCUDAStream()));
 }
 
-void moe_permute_out_cuda(const at::Tensor& x, const std::optional<at::Tensor>& x_scale, const at::Tensor& ids,
-                          int64_t num_experts, int64_t alignment, at::Tensor& out, at::Tensor& out_scale,
-                          at::Tensor& m_indices, at::Tensor& row_map) {
-  check_permute_out(x, x_scale, ids, num_experts, alignment, out, out_scale, m_indices, row_map);
+// Both layouts: contiguous (m_indices given) or masked (m_indices == nullptr, count = masked_m).
+void launch_permute(const at::Tensor& x, const std::optional<at::Tensor>& x_scale, const at::Tensor& ids,
+                    int64_t num_experts, int64_t alignment, at::Tensor& out, at::Tensor& out_scale, int32_t* m_indices,
+                    int32_t* masked_m, at::Tensor& row_map) {
   const c10::cuda::CUDAGuard guard(x.device());
   const int64_t routed = ids.numel();
   auto prefix = at::empty({permute_chunks(routed) * num_experts + num_experts}, ids.options());
@@ -104,19 +104,36 @@ void moe_permute_out_cuda(const at::Tensor& x, const std::optional<at::Tensor>& 
                    ids.const_data_ptr<int32_t>(),
                    out.mutable_data_ptr(),
                    out_scale.mutable_data_ptr<float>(),
-                   m_indices.mutable_data_ptr<int32_t>(),
+                   m_indices,
                    row_map.mutable_data_ptr<int32_t>(),
                    chunk_prefix,
-                   chunk_prefix + permute_chunks(routed) * num_experts,
+                   masked_m ? masked_m : chunk_prefix + permute_chunks(routed) * num_experts,
                    seg_start.mutable_data_ptr<int64_t>(),
                    x.size(0),
                    ids.size(1),
                    x.size(1) * x.element_size(),
-                   out_scale.size(1),
-                   out.size(0),
+                   x_scale ? x_scale->size(1) : 0,
+                   masked_m ? num_experts * x.size(0) : out.size(0),
                    num_experts,
-                   alignment};
+                   alignment,
+                   masked_m != nullptr};
   C10_CUDA_CHECK(launch_moe_permute(args, c10::cuda::getCurrentCUDAStream()));
+}
+
+void moe_permute_out_cuda(const at::Tensor& x, const std::optional<at::Tensor>& x_scale, const at::Tensor& ids,
+                          int64_t num_experts, int64_t alignment, at::Tensor& out, at::Tensor& out_scale,
+                          at::Tensor& m_indices, at::Tensor& row_map) {
+  check_permute_out(x, x_scale, ids, num_experts, alignment, out, out_scale, m_indices, row_map);
+  launch_permute(x, x_scale, ids, num_experts, alignment, out, out_scale, m_indices.mutable_data_ptr<int32_t>(),
+                 nullptr, row_map);
+}
+
+void moe_permute_masked_out_cuda(const at::Tensor& x, const std::optional<at::Tensor>& x_scale, const at::Tensor& ids,
+                                 int64_t num_experts, at::Tensor& out, at::Tensor& out_scale, at::Tensor& masked_m,
+                                 at::Tensor& row_map) {
+  check_permute_masked_out(x, x_scale, ids, num_experts, out, out_scale, masked_m, row_map);
+  launch_permute(x, x_scale, ids, num_experts, 1, out, out_scale, nullptr, masked_m.mutable_data_ptr<int32_t>(),
+                 row_map);
 }
 
 void moe_unpermute_out_cuda(const at::Tensor& y, const at::Tensor& weights, const at::Tensor& row_map, at::Tensor& out) {
@@ -147,6 +164,7 @@ TORCH_LIBRARY_IMPL(glm52, CUDA, m) {
   m.impl("fp8_gemm_out", &fp8_gemm_out_cuda);
   m.impl("moe_route_out", &moe_route_out_cuda);
   m.impl("moe_permute_out", &moe_permute_out_cuda);
+  m.impl("moe_permute_masked_out", &moe_permute_masked_out_cuda);
   m.impl("moe_unpermute_out", &moe_unpermute_out_cuda);
   m.impl("silu_and_mul_quant_fp8_out", &silu_and_mul_quant_fp8_out_cuda);
 }

@@ -36,9 +36,10 @@ struct PermuteArgs {
   int32_t* m_indices;     // [rows] int32
   int32_t* row_map;       // [tokens, top_k] int32
   int32_t* chunk_prefix;  // workspace [permute_chunks(tokens * top_k), num_experts] int32
-  int32_t* count;         // workspace [num_experts] int32
+  int32_t* count;         // workspace [num_experts] int32 (masked: the masked_m output)
   int64_t* seg_start;     // workspace [num_experts + 1] int64
   int64_t tokens, top_k, row_bytes, groups, rows, num_experts, alignment;
+  bool masked;            // the masked layout: segments at e * tokens, m_indices == nullptr
 };
 
 int64_t permute_chunks(int64_t routed);

@@ -5,7 +5,8 @@
 //   3. rank:    one warp per chunk walks its entries in (token, slot) order and gives each its
 //               row (match_any groups equal experts), so the layout is deterministic;
 //   4. copy:    one block per routed entry moves the payload row (16-byte vectors) and its scales;
-//   5. experts: m_indices[r] = segment_row_expert(r, ...), -1 on padding rows.
+//   5. experts: m_indices[r] = segment_row_expert(r, ...), -1 on padding rows (contiguous layout;
+//      the masked layout [E, T, K] puts expert e's rows at e * T and clamps its counts instead).
 // Unpermute: one block per token sums its slots in order in fp32 (round-to-nearest mul, then add,
 // as the CPU twin: bit-identical results).
 #include "common/cuda_convert.cuh"
@@ -41,7 +42,16 @@ __global__ void __launch_bounds__(1024) moe_permute_scan_kernel(PermuteArgs a, i
   for (int64_t e = threadIdx.x; e < a.num_experts; e += blockDim.x)
     a.count[e] = chunk_column_scan(a.chunk_prefix, chunks, a.num_experts, e);
   __syncthreads();
-  if (threadIdx.x == 0) segment_starts(a.count, a.num_experts, a.alignment, a.seg_start);
+  if (threadIdx.x != 0) return;
+  if (a.masked) masked_segment_starts(a.num_experts, a.tokens, a.seg_start);
+  else segment_starts(a.count, a.num_experts, a.alignment, a.seg_start);
+}
+
+// Masked layout, bad routing (an expert repeated within a token): counts past m_max = tokens are
+// clamped here, after the rank kernel dropped the entries that would land past the segment.
+__global__ void __launch_bounds__(kThreads) moe_permute_clamp_kernel(PermuteArgs a) {
+  for (int64_t e = blockIdx.x * int64_t{kThreads} + threadIdx.x; e < a.num_experts; e += gridDim.x * int64_t{kThreads})
+    a.count[e] = a.count[e] < a.tokens ? a.count[e] : static_cast<int32_t>(a.tokens);
 }
 
 __global__ void __launch_bounds__(32) moe_permute_rank_kernel(PermuteArgs a) {
@@ -61,7 +71,9 @@ __global__ void __launch_bounds__(32) moe_permute_rank_kernel(PermuteArgs a) {
     __syncwarp();
     if (e >= 0 && rank == 0) cursor[e] = first + __popc(peers);
     __syncwarp();
-    if (i < end) a.row_map[i] = e >= 0 ? static_cast<int32_t>(first + rank) : -1;
+    // Masked layout: a row past the expert's segment (rank >= m_max, bad routing) is dropped.
+    const bool fits = e >= 0 && (!a.masked || first + rank < a.seg_start[e] + a.tokens);
+    if (i < end) a.row_map[i] = fits ? static_cast<int32_t>(first + rank) : -1;
   }
 }
 
@@ -153,6 +165,10 @@ cudaError_t launch_moe_permute(const PermuteArgs& a, cudaStream_t stream) {
   moe_permute_scan_kernel<<<1, 1024, 0, stream>>>(a, chunks);
   moe_permute_rank_kernel<<<static_cast<unsigned>(chunks), 32, cursor_bytes, stream>>>(a);
   moe_permute_copy_kernel<<<static_cast<unsigned>(std::min<int64_t>(routed, kMaxBlocks)), kThreads, 0, stream>>>(a);
+  if (a.masked) {
+    moe_permute_clamp_kernel<<<static_cast<unsigned>(ceil_div(a.num_experts, kThreads)), kThreads, 0, stream>>>(a);
+    return cudaGetLastError();
+  }
   const int64_t row_blocks = std::min<int64_t>(ceil_div(a.rows, kThreads), kMaxBlocks);
   moe_permute_experts_kernel<<<static_cast<unsigned>(row_blocks), kThreads, 0, stream>>>(a);
   return cudaGetLastError();

@@ -95,11 +95,23 @@ void spec_verify_sampling_out_cpu(const at::Tensor& draft, const std::optional<a
   });
 }
 
+// Seed and offset from one-element CPU tensors: read from memory here (the op's own read, not a
+// dispatcher op), so the caller's step stays free of host reads.
+void spec_verify_sampling_tensor_out_cpu(const at::Tensor& draft, const std::optional<at::Tensor>& draft_probs,
+                                         const at::Tensor& target_probs, const at::Tensor& seed,
+                                         const at::Tensor& offset, const std::optional<at::Tensor>& workspace,
+                                         at::Tensor& tokens, at::Tensor& num_emitted) {
+  check_rng_tensors(draft, seed, offset);
+  spec_verify_sampling_out_cpu(draft, draft_probs, target_probs, seed.const_data_ptr<int64_t>()[0],
+                               offset.const_data_ptr<int64_t>()[0], workspace, tokens, num_emitted);
+}
+
 }  // namespace
 
 TORCH_LIBRARY_IMPL(glm52, CPU, m) {
   m.impl("spec_verify_greedy_out", &spec_verify_greedy_out_cpu);
   m.impl("spec_verify_sampling_out", &spec_verify_sampling_out_cpu);
+  m.impl("spec_verify_sampling_out.tensor", &spec_verify_sampling_tensor_out_cpu);
 }
 
 }  // namespace glm52::spec

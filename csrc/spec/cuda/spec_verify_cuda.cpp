@@ -46,10 +46,11 @@ void spec_verify_greedy_out_cuda(const at::Tensor& draft, const at::Tensor& targ
   C10_CUDA_CHECK(launch_spec_verify_greedy(args, c10::cuda::getCurrentCUDAStream()));
 }
 
-void spec_verify_sampling_out_cuda(const at::Tensor& draft, const std::optional<at::Tensor>& draft_probs,
-                                   const at::Tensor& target_probs, int64_t seed, int64_t offset,
-                                   const std::optional<at::Tensor>& workspace, at::Tensor& tokens,
-                                   at::Tensor& num_emitted) {
+// seed_ptr / offset_ptr: one-element int64 device tensors the kernels read (nullptr: use the values).
+void launch_sampling(const at::Tensor& draft, const std::optional<at::Tensor>& draft_probs,
+                     const at::Tensor& target_probs, uint64_t seed, uint64_t offset, const int64_t* seed_ptr,
+                     const int64_t* offset_ptr, const std::optional<at::Tensor>& workspace, at::Tensor& tokens,
+                     at::Tensor& num_emitted) {
   check_sampling_inputs(draft, draft_probs, target_probs);
   check_verify_outputs(draft, tokens, num_emitted, kSamplingOp);
   const int64_t batch = draft.size(0), n = draft.size(1), vocab = target_probs.size(2);
@@ -66,9 +67,28 @@ void spec_verify_sampling_out_cuda(const at::Tensor& draft, const std::optional<
                           batch,
                           n,
                           vocab,
-                          static_cast<uint64_t>(seed),
-                          static_cast<uint64_t>(offset)};
+                          seed,
+                          offset,
+                          seed_ptr,
+                          offset_ptr};
   C10_CUDA_CHECK(launch_spec_verify_sampling(args, sm_count(), c10::cuda::getCurrentCUDAStream()));
+}
+
+void spec_verify_sampling_out_cuda(const at::Tensor& draft, const std::optional<at::Tensor>& draft_probs,
+                                   const at::Tensor& target_probs, int64_t seed, int64_t offset,
+                                   const std::optional<at::Tensor>& workspace, at::Tensor& tokens,
+                                   at::Tensor& num_emitted) {
+  launch_sampling(draft, draft_probs, target_probs, static_cast<uint64_t>(seed), static_cast<uint64_t>(offset),
+                  nullptr, nullptr, workspace, tokens, num_emitted);
+}
+
+void spec_verify_sampling_tensor_out_cuda(const at::Tensor& draft, const std::optional<at::Tensor>& draft_probs,
+                                          const at::Tensor& target_probs, const at::Tensor& seed,
+                                          const at::Tensor& offset, const std::optional<at::Tensor>& workspace,
+                                          at::Tensor& tokens, at::Tensor& num_emitted) {
+  check_rng_tensors(draft, seed, offset);
+  launch_sampling(draft, draft_probs, target_probs, 0, 0, seed.const_data_ptr<int64_t>(),
+                  offset.const_data_ptr<int64_t>(), workspace, tokens, num_emitted);
 }
 
 }  // namespace
@@ -76,6 +96,7 @@ void spec_verify_sampling_out_cuda(const at::Tensor& draft, const std::optional<
 TORCH_LIBRARY_IMPL(glm52, CUDA, m) {
   m.impl("spec_verify_greedy_out", &spec_verify_greedy_out_cuda);
   m.impl("spec_verify_sampling_out", &spec_verify_sampling_out_cuda);
+  m.impl("spec_verify_sampling_out.tensor", &spec_verify_sampling_tensor_out_cuda);
 }
 
 }  // namespace glm52::spec

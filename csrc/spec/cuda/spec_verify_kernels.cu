@@ -157,10 +157,22 @@ __device__ int32_t block_max(int32_t v, ScanShared& sh) {
   return r;
 }
 
+// The Philox key and stream of a launch: read from the device when given as tensors, so a replayed
+// CUDA graph uses the offset the graph itself advanced. (Kept apart from the kernel parameter:
+// writing to it would copy the whole argument struct to local memory.)
+struct Rng {
+  uint64_t seed, offset;
+};
+
+__device__ __forceinline__ Rng launch_rng(const SamplingVerifyArgs& a) {
+  return {a.seed_ptr ? static_cast<uint64_t>(*a.seed_ptr) : a.seed,
+          a.offset_ptr ? static_cast<uint64_t>(*a.offset_ptr) : a.offset};
+}
+
 // The stop position k of batch row b: warp 0 runs 32 accept tests at a time, the first failure
 // (ballot) stops. Every thread of the block gets k.
 template <typename DraftT>
-__device__ int64_t stop_position(const SamplingVerifyArgs& a, int64_t b, int64_t& shared_k) {
+__device__ int64_t stop_position(const SamplingVerifyArgs& a, Rng rng, int64_t b, int64_t& shared_k) {
   if (threadIdx.x < 32) {
     const DraftT* d = static_cast<const DraftT*>(a.draft) + b * a.n;
     const float* q = a.draft_probs ? a.draft_probs + b * a.n * a.vocab : nullptr;
@@ -168,7 +180,7 @@ __device__ int64_t stop_position(const SamplingVerifyArgs& a, int64_t b, int64_t
     int64_t k = a.n;
     for (int64_t j0 = 0; j0 < a.n; j0 += 32) {
       const int64_t j = j0 + threadIdx.x;
-      const bool rejected = j < a.n && !draft_accepted(d, q, p, j, a.vocab, a.seed, a.offset, static_cast<uint32_t>(b));
+      const bool rejected = j < a.n && !draft_accepted(d, q, p, j, a.vocab, rng.seed, rng.offset, static_cast<uint32_t>(b));
       const unsigned mask = __ballot_sync(kFullMask, rejected);
       if (mask) {
         k = j0 + __ffs(mask) - 1;
@@ -230,7 +242,7 @@ __global__ void __launch_bounds__(kThreads) spec_sampling_tile_totals_kernel(Sam
   __shared__ ScanShared sh;
   __shared__ int64_t shared_k;
   const int64_t b = blockIdx.x;
-  const StopRow r = block_stop_row<DraftT>(a, b, stop_position<DraftT>(a, b, shared_k));
+  const StopRow r = block_stop_row<DraftT>(a, b, stop_position<DraftT>(a, launch_rng(a), b, shared_k));
   const int64_t tiles = scan_tiles(a.vocab);
   for (int64_t first = int64_t{blockIdx.y} * kTiles; first < tiles; first += int64_t{gridDim.y} * kTiles) {
     float w[kTiles][kScanPerThread];
@@ -329,7 +341,7 @@ __global__ void __launch_bounds__(kThreads) spec_sampling_resample_kernel(Sampli
   __shared__ float cum[kScanTile];
   __shared__ int64_t shared_k;
   const int64_t b = blockIdx.x;
-  const int64_t k = stop_position<DraftT>(a, b, shared_k);
+  const int64_t k = stop_position<DraftT>(a, launch_rng(a), b, shared_k);
   const DraftT* d = static_cast<const DraftT*>(a.draft) + b * a.n;
   int32_t* tokens = a.tokens + b * (a.n + 1);
   for (int64_t j = threadIdx.x; j <= a.n; j += kThreads)
@@ -339,7 +351,8 @@ __global__ void __launch_bounds__(kThreads) spec_sampling_resample_kernel(Sampli
   const StopRow r = block_stop_row<DraftT>(a, b, k);
   const int64_t tiles = scan_tiles(a.vocab);
   float* totals = a.tile_totals + b * tiles;
-  const float u = philox_uniform(a.seed, a.offset, static_cast<uint32_t>(b), static_cast<uint32_t>(k), Draw::kSample);
+  const Rng rng = launch_rng(a);  // read again here: not live across the stop-row setup (no stack)
+  const float u = philox_uniform(rng.seed, rng.offset, static_cast<uint32_t>(b), static_cast<uint32_t>(k), Draw::kSample);
   int64_t token = sample_from_tile_totals<kVec>(r, totals, tiles, a.vocab, u, WeightMode::kResidual, sh, cum);
   if (token < 0) {
     // Rare (rounding, or rows that are not distributions): redo the sums with p_k itself, here.

@@ -36,6 +36,8 @@ struct SamplingVerifyArgs {
   int32_t* num_emitted;       // [batch]
   int64_t batch, n, vocab;
   uint64_t seed, offset;
+  const int64_t* seed_ptr;    // [1] on the device, or nullptr: then seed above
+  const int64_t* offset_ptr;  // [1] on the device, or nullptr: then offset above
 };
 
 // Splits of each logits row over blocks: enough blocks to fill the GPU (about 4 per SM) when there
