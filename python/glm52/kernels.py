@@ -11,7 +11,7 @@ import torch
 from glm52_ext.ops import (
     dequant_fp8_block,
     indexer_cache_write,
-    indexer_logits_paged,
+    indexer_topk_paged,
     mla_cache_write,
     sparse_mla_decode,
     topk_indices,
@@ -31,7 +31,7 @@ __all__ = [
     "fp8_moe_experts",
     "fp8_swiglu_mlp",
     "indexer_cache_write",
-    "indexer_logits_paged",
+    "indexer_topk_paged",
     "mla_cache_write",
     "moe_route",
     "quant_fp8_per_token_group",
