@@ -111,8 +111,8 @@ def main(argv=None) -> int:
         argv = argv[:i] + argv[i + 2:]
     args = parse_args(__doc__, argv)
     if lengths is None:
-        lengths = [512, 1024, 2048] if args.quick else [4096, 8192, 16384, 32768, 65536]
-    shapes = [(16, 4096)] if args.quick else [(64, 8192), (64, 32768), (64, 131072)]
+        lengths = [256, 512] if args.quick else [4096, 8192, 16384, 32768, 65536]
+    shapes = [(4, 2048)] if args.quick else [(64, 8192), (64, 32768), (64, 131072)]
     meta = environment(args.device)
     report("long_context", long_context_rows(lengths), meta, args.out)
     report("indexer_topk_fused", fused_rows(shapes, args), meta, args.out)
