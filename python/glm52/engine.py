@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 import torch
 
 from . import kernels
-from .kv_cache import BlockAllocator, CacheView, PagedKVCache
+from .kv_cache import BlockAllocator, CacheFullError, CacheView, PagedKVCache
 from .model import GLM52ForCausalLM
 
 
@@ -219,12 +219,12 @@ class Engine:
             if context > limit:
                 raise ValueError(f"prompt {i}: {len(p)} prompt tokens + {max_new_tokens} new tokens + {self.spec_steps} "
                                  f"draft tokens = {context} positions, past max_position_embeddings = {limit}")
-        free = self.allocator.num_free * 64
-        need = sum(-(-(len(p) + 1 + self.spec_steps) // 64) * 64 for p in prompts)
+        free = self.allocator.num_free
+        need = sum(-(-(len(p) + 1 + self.spec_steps) // 64) for p in prompts)
         if need > free:
-            raise ValueError(f"prompts need {need} cache slots ({len(prompts)} prompts of {sum(map(len, prompts))} "
-                             f"tokens, in 64-token blocks) but the cache budget holds {free} free slots "
-                             f"({self.allocator.num_blocks} blocks); raise cache_bytes or send fewer/shorter prompts")
+            raise CacheFullError(f"{len(prompts)} prompts of {sum(map(len, prompts))} tokens need {need} more blocks "
+                                 f"(64 tokens each) than the cache budget's {free} free blocks; raise cache_bytes "
+                                 f"or send fewer/shorter prompts")
 
     def _prefill(self, seqs: list[_Sequence], sp: SamplingParams, gen: torch.Generator) -> None:
         """Target forward over the prompts in chunks against the cached prefix (module docstring);
