@@ -44,6 +44,7 @@ EXPECTED_KERNELS = {
     "indexer_cache_write_kernel": (),
     "indexer_logits_simt_kernel": (),
     "topk_radix_select_kernel": (),
+    "indexer_topk_kernel": (),  # fused streaming top-k: SIMT scores (not yet QGMMA), no spills
     "sparse_mla_simt_kernel": (),
 }
 

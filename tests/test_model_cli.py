@@ -30,8 +30,24 @@ def test_plan_json_glm52(capsys):
     assert p["kv_bytes_context"] == p["kv_bytes_per_token"] * 1048576
     # FP8 weights: experts split 8 ways; the per-GPU share is between total/8 and total.
     assert p["weight_bytes_total"] / 8 < p["weight_bytes_per_gpu"] < p["weight_bytes_total"] / 4
-    assert p["bytes_per_gpu"] == p["weight_bytes_per_gpu"] + p["kv_bytes_context"] + p["indexer_bytes_context"]
+    assert p["cp"] == 1 and p["cache_bytes_per_gpu"] == p["kv_bytes_context"] + p["indexer_bytes_context"]
+    assert 0 < p["workspace_bytes_per_gpu"] < 5e9  # one 8192-token prefill chunk, independent of context
+    assert p["bytes_per_gpu"] == p["weight_bytes_per_gpu"] + p["cache_bytes_per_gpu"] + p["workspace_bytes_per_gpu"]
     assert set(p["fits"]) == {"80GB", "141GB"}
+
+
+def test_plan_context_parallel_divides_the_cache(capsys):
+    """cp=8 at 1M tokens: each GPU holds 1/8 of the 64-token blocks, and GLM-5.2 FP8 fits a 141 GB card."""
+    args = ["plan", "--preset", "glm-5.2", "--context", "1048576", "--json", "--tp", "8", "--ep", "8"]
+    assert main(args) == 0
+    whole = json.loads(capsys.readouterr().out)
+    assert main(args + ["--cp", "8"]) == 0
+    split = json.loads(capsys.readouterr().out)
+    assert split["cache_tokens_per_gpu"] == 1048576 // 8
+    assert split["cache_bytes_per_gpu"] * 8 == whole["cache_bytes_per_gpu"]
+    assert not whole["fits"]["141GB"] and split["fits"]["141GB"]
+    assert main(args + ["--cp", "3"]) == 2
+    assert "cp (3) must divide tp (8)" in capsys.readouterr().err
 
 
 def test_plan_formats_scale_bytes(capsys):

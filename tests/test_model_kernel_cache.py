@@ -1,6 +1,6 @@
 """The model through the attention kernels: GLM-5.2 latent sizes (576-wide MLA rows, 128-wide FP8
 indexer keys) in BF16, so the paged caches use the kernels' byte formats and every attention read
-goes through indexer_logits_paged, topk_indices and sparse_mla_decode."""
+goes through indexer_topk_paged and sparse_mla_decode."""
 
 from __future__ import annotations
 

@@ -133,7 +133,7 @@ def moe_samples(device):
 
 
 def attention_samples(d):
-    """The attention family: cache writes (both formats), indexer logits, top-k, sparse MLA."""
+    """The attention family: cache writes (both formats), indexer logits, fused indexer top-k, top-k, sparse MLA."""
     g = torch.Generator().manual_seed(1)
     kv = torch.randn(70, 576, generator=g).bfloat16()
     slots = torch.randperm(128, generator=g)[:70]
@@ -170,6 +170,14 @@ def attention_samples(d):
         (glm.indexer_logits_paged_out.default,
          tuple(t.to(d) for t in (q8[:4].reshape(2, 2, 8, 128), w[:4].reshape(2, 2, 8), icache, table, lengths)),
          {"out": torch.empty(2, 2, 150, device=d)}),
+        (glm.indexer_topk.default, (*(t.to(d) for t in (q8, w, k8, ksc, ks, ke)), 7), {}),
+        (glm.indexer_topk_out.default, (*(t.to(d) for t in (q8, w, k8, ksc, ks, ke)), 7),
+         {"out": torch.empty(5, 7, dtype=torch.int32, device=d)}),
+        (glm.indexer_topk_paged.default,
+         (*(t.to(d) for t in (q8[:4].reshape(2, 2, 8, 128), w[:4].reshape(2, 2, 8), icache, table, lengths)), 9), {}),
+        (glm.indexer_topk_paged_out.default,
+         (*(t.to(d) for t in (q8[:4].reshape(2, 2, 8, 128), w[:4].reshape(2, 2, 8), icache, table, lengths)), 9),
+         {"out": torch.empty(2, 2, 9, dtype=torch.int32, device=d)}),
         (glm.topk_indices.default, (logits.to(d), 16, lens.to(d)), {}),
         (glm.topk_indices.default, (logits.to(d), 400, None), {}),
         (glm.topk_indices_out.default, (logits.to(d), 16, lens.to(d)), {"out": torch.empty(4, 16, dtype=torch.int32, device=d)}),

@@ -106,8 +106,8 @@ inline int64_t check_indexer_query(const at::Tensor& q8, const at::Tensor& weigh
 }
 
 inline void check_indexer_logits(const at::Tensor& q8, const at::Tensor& weights, const at::Tensor& k8,
-                                 const at::Tensor& k_scale, const at::Tensor& ks, const at::Tensor& ke) {
-  const char* op = kIndexerLogitsOp;
+                                 const at::Tensor& k_scale, const at::Tensor& ks, const at::Tensor& ke,
+                                 const char* op = kIndexerLogitsOp) {
   check_indexer_query(q8, weights, op, 1, "[S, H, 128]", "[S, H]");
   const int64_t s = q8.size(0);
   check_dim(k8, op, "k8", 2, "[L, 128]");
@@ -123,8 +123,8 @@ inline void check_indexer_logits_out(const at::Tensor& q8, const at::Tensor& k8,
 }
 
 inline void check_indexer_logits_paged(const at::Tensor& q8, const at::Tensor& weights, const at::Tensor& cache,
-                                       const at::Tensor& block_table, const at::Tensor& lengths) {
-  const char* op = kIndexerLogitsPagedOp;
+                                       const at::Tensor& block_table, const at::Tensor& lengths,
+                                       const char* op = kIndexerLogitsPagedOp) {
   check_indexer_query(q8, weights, op, 2, "[B, n, H, 128]", "[B, n, H]");
   check_indexer_cache(cache, op);
   check_same_device(cache, q8, op, "cache", "q8");

@@ -49,6 +49,8 @@ __all__ = [
     "indexer_cache_write",
     "indexer_logits",
     "indexer_logits_paged",
+    "indexer_topk",
+    "indexer_topk_paged",
     "mla_cache_write",
     "sparse_mla_decode",
     "sparse_mla_prefill",
@@ -214,6 +216,76 @@ def topk_indices(
     return out
 
 
+def indexer_topk(
+    q8: torch.Tensor,
+    weights: torch.Tensor,
+    k8: torch.Tensor,
+    k_scale: torch.Tensor,
+    ks: torch.Tensor,
+    ke: torch.Tensor,
+    k: int,
+    *,
+    out: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Fused :func:`indexer_logits` → :func:`topk_indices`: int32 ``[S, k]``, never writing the
+    ``[S, L]`` scores.
+
+    Equals ``topk_indices(indexer_logits(q8, weights, k8, k_scale, ks, ke), k)`` on the same device:
+    the set of the ``k`` largest finite scores of each row's range ``[ks, ke)``, in increasing column
+    order, ties to the lower column, −1 padded (a range shorter than ``k`` takes all its finite
+    scores). Key tiles are scored and reduced into a per-row running selection of at most
+    ``2k + 256`` candidates; memory is O(S·k) whatever L is. CPU: the scores are bit-identical to
+    :func:`indexer_logits`. CUDA (sm_90a): one CTA per row, keys scored by the fp32 SIMT indexer
+    code, so it equals :func:`indexer_logits` under ``GLM52_INDEXER_KERNEL=simt`` (the QGMMA logits
+    round differently). No host synchronization.
+
+    Parameters
+    ----------
+    q8, weights, k8, k_scale, ks, ke : torch.Tensor
+        As :func:`indexer_logits`.
+    k : int
+        Number to select, 0..8192 (GLM-5.2: 2048).
+    out : torch.Tensor, optional
+        Preallocated ``[S, k]`` int32, contiguous.
+    """
+    if out is None:
+        return torch.ops.glm52.indexer_topk(q8, weights, k8, k_scale, ks, ke, k)
+    torch.ops.glm52.indexer_topk_out(q8, weights, k8, k_scale, ks, ke, k, out=out)
+    return out
+
+
+def indexer_topk_paged(
+    q8: torch.Tensor,
+    weights: torch.Tensor,
+    cache: torch.Tensor,
+    block_table: torch.Tensor,
+    lengths: torch.Tensor,
+    k: int,
+    *,
+    out: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Fused :func:`indexer_logits_paged` → :func:`topk_indices`: int32 ``[B, n, k]`` *positions*
+    (not slots) of each query row's top ``k`` among positions ``t < lengths[b, j]`` of its sequence.
+
+    Equals ``topk_indices(indexer_logits_paged(..., max_len).view(B * n, -1), k).view(B, n, k)`` for
+    any ``max_len >= 64 * max_blocks`` (positions past the block table have no key); see
+    :func:`indexer_topk` for the selection rules, memory and devices.
+
+    Parameters
+    ----------
+    q8, weights, cache, block_table, lengths : torch.Tensor
+        As :func:`indexer_logits_paged`.
+    k : int
+        Number to select, 0..8192.
+    out : torch.Tensor, optional
+        Preallocated ``[B, n, k]`` int32, contiguous.
+    """
+    if out is None:
+        return torch.ops.glm52.indexer_topk_paged(q8, weights, cache, block_table, lengths, k)
+    torch.ops.glm52.indexer_topk_paged_out(q8, weights, cache, block_table, lengths, k, out=out)
+    return out
+
+
 def sparse_mla_prefill(
     q: torch.Tensor,
     kv: torch.Tensor,
@@ -327,6 +399,28 @@ def _topk_indices(logits, k, lengths=None, row_starts=None):
 
 @torch.library.register_fake("glm52::topk_indices_out")
 def _topk_indices_out(logits, k, lengths, row_starts=None, *, out):
+    return None
+
+
+@torch.library.register_fake("glm52::indexer_topk")
+def _indexer_topk(q8, weights, k8, k_scale, ks, ke, k):
+    torch._check(q8.dim() == 3, lambda: f"glm52.indexer_topk: argument 'q8' must be 3-D [S, H, 128], got {list(q8.shape)}")
+    return q8.new_empty((q8.shape[0], k), dtype=torch.int32)
+
+
+@torch.library.register_fake("glm52::indexer_topk_out")
+def _indexer_topk_out(q8, weights, k8, k_scale, ks, ke, k, *, out):
+    return None
+
+
+@torch.library.register_fake("glm52::indexer_topk_paged")
+def _indexer_topk_paged(q8, weights, cache, block_table, lengths, k):
+    torch._check(q8.dim() == 4, lambda: f"glm52.indexer_topk_paged: argument 'q8' must be 4-D [B, n, H, 128], got {list(q8.shape)}")
+    return q8.new_empty((q8.shape[0], q8.shape[1], k), dtype=torch.int32)
+
+
+@torch.library.register_fake("glm52::indexer_topk_paged_out")
+def _indexer_topk_paged_out(q8, weights, cache, block_table, lengths, k, *, out):
     return None
 
 

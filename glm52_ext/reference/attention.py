@@ -30,6 +30,8 @@ __all__ = [
     "indexer_cache_write",
     "indexer_logits",
     "indexer_logits_paged",
+    "indexer_topk",
+    "indexer_topk_paged",
     "mla_cache_read",
     "mla_cache_write",
     "positions_to_slots",
@@ -155,6 +157,18 @@ def topk_indices(
         chosen = order[: min(k, int(finite.sum()))]
         out[i, : chosen.numel()] = chosen.sort().values.to(torch.int32)
     return out
+
+
+def indexer_topk(q8, weights, k8, k_scale, ks, ke, k: int) -> torch.Tensor:
+    """``topk_indices(indexer_logits(q8, weights, k8, k_scale, ks, ke), k)``: int32 ``[S, k]``."""
+    return topk_indices(indexer_logits(q8, weights, k8, k_scale, ks, ke), k)
+
+
+def indexer_topk_paged(q8, weights, cache, block_table, lengths, k: int) -> torch.Tensor:
+    """Top-``k`` positions of :func:`indexer_logits_paged` over the whole block table: int32 ``[B, n, k]``."""
+    b, n = lengths.shape
+    logits = indexer_logits_paged(q8, weights, cache, block_table, lengths, block_table.shape[1] * BLOCK_TOKENS)
+    return topk_indices(logits.reshape(b * n, -1), k).reshape(b, n, k)
 
 
 def _sparse_mla(q: torch.Tensor, keys: torch.Tensor, indices: torch.Tensor, sm_scale: float):

@@ -11,7 +11,6 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from . import kernels
 from .config import GLM52Config
 from .kv_cache import CacheView
 from .layers import LayerNorm, Linear, RMSNorm, apply_rope
@@ -46,8 +45,7 @@ class Indexer(nn.Module):
         q = self.wq_b(cq).view(b, t, self.n_heads, self.head_dim)
         q = torch.cat((apply_rope(q[..., :r], cos, sin), q[..., r:]), dim=-1)
         w = self.weights_proj(n.float()) * self.n_heads**-0.5  # fp32 [B, T, H]
-        scores = view.cache.index_scores(layer, q, w, view)
-        positions = kernels.topk_indices(scores.flatten(0, 1).contiguous(), self.config.index_topk).view(b, t, -1)
+        positions = view.cache.index_topk(layer, q, w, view, self.config.index_topk)
         picked = view.context_slots.gather(1, positions.clamp_min(0).flatten(1).long()).view_as(positions)
         return torch.where(positions >= 0, picked, -1)
 

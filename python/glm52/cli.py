@@ -29,6 +29,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--tp", type=int, default=1)
     p.add_argument("--ep", type=int, default=1)
     p.add_argument("--dp", type=int, help="data-parallel groups (default: ep / tp, at least 1); GPUs = tp x dp")
+    p.add_argument("--cp", type=int, default=1, help="context-parallel ranks per tp group (divides --tp): the "
+                   "caches are block-striped over them")
     p.add_argument("--json", action="store_true", help="print one JSON object")
 
     d = sub.add_parser("demo", help="write a tiny random checkpoint (BF16 and FP8), load it, generate")
@@ -75,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
 
             config = GLM52Config.from_pretrained(args.config) if args.config else GLM52Config.preset(args.preset)
             result = plan(config, weights=args.weights, kv=args.kv, context=args.context, batch=args.batch,
-                          tp=args.tp, ep=args.ep, dp=args.dp)
+                          tp=args.tp, ep=args.ep, dp=args.dp, cp=args.cp)
             print(json.dumps(result) if args.json else format_plan(result))
         elif args.command == "generate":
             from .generate import run_cli

@@ -14,6 +14,12 @@ target cache holding positions ``0 .. L-2``:
    no longer needed go back to the pool.
 
 ``spec_steps = 0`` is plain decoding (one target token per step).
+
+Prefill runs in chunks of ``prefill_chunk_tokens`` prompt tokens: each chunk's queries see the
+cached prefix and the chunk's own causal keys, so peak memory is the caches plus one chunk's
+activations whatever the prompt length. The MTP layer catches up chunk by chunk too (position t
+pairs ``h_t`` with ``x_{t+1}``, all known inside the prompt), so no sequence keeps the target hidden
+states of its whole prompt; only the last prompt position waits for the first generated token.
 """
 
 from __future__ import annotations
@@ -26,7 +32,7 @@ import torch
 from . import kernels
 from .counters import OpCounter, OpCounts
 from .graphs import DecodeGraphs
-from .kv_cache import BLOCK_SIZE, BlockAllocator, CacheView, PagedKVCache
+from .kv_cache import BLOCK_SIZE, BlockAllocator, CacheFullError, CacheView, PagedKVCache
 from .model import GLM52ForCausalLM
 
 
@@ -99,10 +105,13 @@ class Engine:
 
     def __init__(self, model: GLM52ForCausalLM, cache_bytes: int = 256 << 20, spec_steps: int = 3,
                  eos_token_ids: tuple[int, ...] | list[int] = (), cache_format: str | None = None,
-                 cuda_graphs: bool | None = None) -> None:
+                 cuda_graphs: bool | None = None, prefill_chunk_tokens: int = 8192) -> None:
         config = model.config
         if spec_steps < 0:
             raise ValueError(f"spec_steps must be >= 0, got {spec_steps}")
+        if prefill_chunk_tokens < 1:
+            raise ValueError(f"prefill_chunk_tokens must be >= 1, got {prefill_chunk_tokens}")
+        self.prefill_chunk_tokens = prefill_chunk_tokens
         if spec_steps and config.num_nextn_predict_layers < 1:
             raise ValueError("spec_steps > 0 needs an MTP layer (num_nextn_predict_layers >= 1)")
         self.model, self.config, self.spec_steps = model, config, spec_steps
@@ -227,6 +236,7 @@ class Engine:
         for i, p in enumerate(prompts):
             if min(p) < 0 or max(p) >= vocab:
                 raise ValueError(f"prompt {i} has token ids outside [0, {vocab})")
+        self._check_fits(prompts, max_new_tokens)
         self._seed.fill_(sp.seed)
         self._offset.zero_()
         seqs = [_Sequence(seq_id=i, tokens=list(p), prompt_len=len(p)) for i, p in enumerate(prompts)]
@@ -251,14 +261,58 @@ class Engine:
         return GenerationResult([s.generated[:max_new_tokens] for s in seqs], steps, emitted,
                                 time.perf_counter() - start, per_step)
 
+    def _check_fits(self, prompts: list[list[int]], max_new_tokens: int) -> None:
+        """Refuse, before anything is allocated, a request whose context (prompt, new tokens and the
+        drafts in flight) passes ``max_position_embeddings`` or whose prompts the cache cannot hold."""
+        limit = self.config.max_position_embeddings
+        for i, p in enumerate(prompts):
+            context = len(p) + max_new_tokens + self.spec_steps
+            if context > limit:
+                raise ValueError(f"prompt {i}: {len(p)} prompt tokens + {max_new_tokens} new tokens + {self.spec_steps} "
+                                 f"draft tokens = {context} positions, past max_position_embeddings = {limit}")
+        free = self.allocator.num_free
+        need = sum(-(-(len(p) + 1 + self.spec_steps) // 64) for p in prompts)
+        if need > free:
+            raise CacheFullError(f"{len(prompts)} prompts of {sum(map(len, prompts))} tokens need {need} more blocks "
+                                 f"(64 tokens each) than the cache budget's {free} free blocks; raise cache_bytes "
+                                 f"or send fewer/shorter prompts")
+
     def _prefill(self, seqs: list[_Sequence], sp: SamplingParams) -> None:
-        hidden, logits = self._target(seqs, [0] * len(seqs), [s.tokens for s in seqs])
-        last = torch.tensor([s.prompt_len - 1 for s in seqs]).to(self.device)
-        rows = torch.arange(len(seqs), device=self.device)
-        first, _ = self._next_tokens(logits[rows, last], sp)
+        """Target forward over the prompts in chunks against the cached prefix (module docstring);
+        samples each sequence's first token from its last prompt position."""
+        chunk = self.prefill_chunk_tokens
+        last_hidden: list[torch.Tensor | None] = [None] * len(seqs)
+        for c0 in range(0, max(s.prompt_len for s in seqs), chunk):
+            rows = [i for i, s in enumerate(seqs) if s.prompt_len > c0]
+            part = [seqs[i] for i in rows]
+            new = [s.tokens[c0: min(c0 + chunk, s.prompt_len)] for s in part]
+            view = self._view(part, [list(range(c0, c0 + len(n))) for n in new])
+            hidden = self.model.hidden_states(self._ids(new, view.positions.shape[1], self.device), view,
+                                              check_values=False)
+            for j, (i, s) in enumerate(zip(rows, part)):
+                if c0 + len(new[j]) == s.prompt_len:
+                    last_hidden[i] = hidden[j, len(new[j]) - 1]
+            if self.spec_steps:
+                self._mtp_catch_up(part, c0, hidden, [len(n) for n in new])
+        last = torch.stack(last_hidden)
+        first, _ = self._next_tokens(self.model.lm_head(last), sp)
         for row, (s, token) in enumerate(zip(seqs, first.tolist())):
             s.tokens.append(token)
-            s.fresh_hidden, s.fresh_from = hidden[row, : s.prompt_len], 0
+            s.fresh_hidden, s.fresh_from = last[row: row + 1], s.prompt_len - 1
+
+    def _mtp_catch_up(self, seqs: list[_Sequence], start: int, hidden: torch.Tensor, counts: list[int]) -> None:
+        """MTP layer over prompt positions ``start..start+counts[i]-1`` whose next token is in the
+        prompt (h_t with x_{t+1}): fills the MTP cache so the first draft only needs the last position."""
+        usable = [min(n, s.prompt_len - 1 - start) for s, n in zip(seqs, counts)]
+        rows = [i for i, n in enumerate(usable) if n > 0]
+        if not rows:
+            return
+        part = [seqs[i] for i in rows]
+        view = self._view(part, [list(range(start, start + usable[i])) for i in rows])
+        width = view.positions.shape[1]
+        h = hidden[rows, :width]
+        next_ids = [s.tokens[start + 1: start + 1 + usable[i]] for i, s in zip(rows, part)]
+        self.model.mtp(h, self._ids(next_ids, width, self.device), view=view, check_values=False)
 
     def _counted_step(self, seqs: list[_Sequence], sp: SamplingParams) -> list[int]:
         if not self.count_step_ops:

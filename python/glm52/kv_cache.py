@@ -109,7 +109,8 @@ class PagedKVCache:
     - ``"bf16"`` / ``"fp8"``: the attention kernels' byte layouts (:mod:`glm52_ext.ops.attention`):
       MLA rows of 1152 B (BF16) or 656 B (FP8 latent + BF16 rope) per token, indexer keys 132 B per
       token on layers with an indexer; written by ``mla_cache_write``/``indexer_cache_write``, read
-      by ``indexer_logits_paged`` and ``sparse_mla_decode``. Needs :func:`kernel_formats_fit`.
+      by ``indexer_topk_paged`` (fused scores + top-k) and ``sparse_mla_decode``. Needs
+      :func:`kernel_formats_fit`.
     - ``"model"``: any model size or dtype (small test models): latents ``[slots, kv_lora + rope]``
       in the model dtype and indexer keys as fp32 (exact indexer) or e4m3 + fp32 scale (FP8),
       read with plain PyTorch.
@@ -193,23 +194,31 @@ class PagedKVCache:
         else:
             self.index_keys[layer].index_copy_(0, rows, keys.float())
 
-    def index_scores(self, layer: int, q: torch.Tensor, w: torch.Tensor, view: CacheView) -> torch.Tensor:
-        """Indexer scores of queries ``q [B, T, H, D]`` with head weights ``w [B, T, H]`` (fp32,
-        ``n_heads^-0.5`` folded) over every context position: ``[B, T, C]`` fp32 (−inf past each
-        query's own position)."""
+    def index_topk(self, layer: int, q: torch.Tensor, w: torch.Tensor, view: CacheView, k: int) -> torch.Tensor:
+        """The ``k`` context positions with the largest indexer scores for queries ``q [B, T, H, D]``
+        with head weights ``w [B, T, H]`` (fp32, ``n_heads^-0.5`` folded): int32 ``[B, T, k]`` in
+        increasing order, ties to the lower position, −1 padded; each query sees the positions up to
+        its own. Exactly ``topk_indices`` of the whole ``[B, T, C]`` score tensor, which is never
+        built: the kernel formats run the fused ``indexer_topk_paged``; the model format streams
+        key tiles into a running selection (:func:`streaming_topk`)."""
         if self.format != "model":
             d = q.shape[-1]
             q8, q_scale = kernels.quant_fp8_per_token_group(q.reshape(-1, d), d, scale_ue8m0=True)
             w = (w * q_scale.view(w.shape) * d**-0.5).contiguous()
             lengths = (view.positions + 1).int()  # padding tokens (position −1) see nothing
-            return kernels.indexer_logits_paged(q8.view(q.shape), w, self.index_keys[layer], view.block_table,
-                                                lengths, view.context_slots.shape[1])
-        rows = view.context_slots.clamp_min(0)
-        if layer in self.index_scales:
-            scores = indexer_scores_fp8(q, w, self.index_keys[layer][rows], self.index_scales[layer][rows])
-        else:
-            scores = indexer_scores_exact(q, w, self.index_keys[layer][rows])
-        return scores.masked_fill(~view.causal_mask(), float("-inf"))
+            return kernels.indexer_topk_paged(q8.view(q.shape), w, self.index_keys[layer], view.block_table, lengths, k)
+        fp8 = layer in self.index_scales
+
+        def tile_scores(rows: slice, cols: slice) -> torch.Tensor:
+            slots = view.context_slots[:, cols]
+            keys = self.index_keys[layer][slots.clamp_min(0)]
+            if fp8:
+                scores = indexer_scores_fp8(q[:, rows], w[:, rows], keys, self.index_scales[layer][slots.clamp_min(0)])
+            else:
+                scores = indexer_scores_exact(q[:, rows], w[:, rows], keys)
+            return scores.masked_fill(~view.causal_mask(rows, cols), float("-inf"))
+
+        return streaming_topk(tile_scores, q.shape[0], q.shape[1], view.context_slots.shape[1], k, q.device)
 
     def attend(self, layer: int, query: torch.Tensor, slots: torch.Tensor, sm_scale: float) -> torch.Tensor:
         """Sparse latent attention of ``query [B, T, H, kv_lora + rope]`` over the cached rows at
@@ -222,6 +231,38 @@ class PagedKVCache:
         out, _ = kernels.sparse_mla_prefill_model(query.flatten(0, 1), self.latent[layer].to(query.dtype),
                                                   slots.flatten(0, 1), sm_scale, self.config.kv_lora_rank)
         return out.view(b, t, *out.shape[1:])
+
+
+QUERY_TILE, KEY_TILE = 512, 4096  # the model format's indexer scores one [B, 512, 4096] tile at a time
+
+
+def streaming_topk(tile_scores, batch: int, queries: int, context: int, k: int, device) -> torch.Tensor:
+    """``topk_indices`` over ``[batch, queries, context]`` scores produced tile by tile:
+    ``tile_scores(rows, cols)`` -> fp32 ``[batch, len(rows), len(cols)]`` (−inf: not visible).
+
+    Each query tile keeps its best ``k`` (scores and positions, in position order); every key tile is
+    appended to them and ``topk_indices`` of the concatenation (ties to the lower column = the lower
+    position) becomes the new selection. A dropped score has k better-or-earlier scores before it, so
+    the end result equals the selection over the whole row. Memory: O(batch · queries · k) plus one
+    tile. Returns int32 ``[batch, queries, k]``, −1 padded.
+    """
+    out = torch.full((batch, queries, k), -1, dtype=torch.int32, device=device)
+    for r0 in range(0, queries, QUERY_TILE):
+        rows = slice(r0, min(r0 + QUERY_TILE, queries))
+        n = rows.stop - r0
+        best = torch.full((batch * n, 0), float("-inf"), device=device)
+        best_pos = torch.full((batch * n, 0), -1, dtype=torch.long, device=device)
+        for c0 in range(0, context, KEY_TILE):
+            cols = slice(c0, min(c0 + KEY_TILE, context))
+            scores = torch.cat((best, tile_scores(rows, cols).reshape(batch * n, -1)), dim=1).contiguous()
+            positions = torch.cat((best_pos, torch.arange(cols.start, cols.stop, device=device).expand(batch * n, -1)), 1)
+            pick = kernels.topk_indices(scores, k).long()
+            taken = pick >= 0
+            best = torch.where(taken, scores.gather(1, pick.clamp_min(0)), float("-inf"))
+            best_pos = torch.where(taken, positions.gather(1, pick.clamp_min(0)), -1)
+        if best_pos.shape[1]:
+            out[:, rows] = best_pos.view(batch, n, k).int()
+    return out
 
 
 def indexer_scores_exact(q: torch.Tensor, w: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
@@ -304,7 +345,9 @@ class CacheView:
         return cls(cache, positions, paged_slots(block_table, positions),
                    paged_slots(block_table, context_positions).int(), block_table)
 
-    def causal_mask(self) -> torch.Tensor:
-        """``[B, T, C]``: query (b, t) may see context position c (c ≤ its position, c stored)."""
-        span = torch.arange(self.context_slots.shape[1], device=self.positions.device)
-        return (span.view(1, 1, -1) <= self.positions.unsqueeze(-1)) & (self.context_slots >= 0).unsqueeze(1)
+    def causal_mask(self, rows: slice = slice(None), cols: slice = slice(None)) -> torch.Tensor:
+        """``[B, T, C]`` (or the ``rows`` × ``cols`` tile of it): query (b, t) may see context position
+        c (c ≤ its position, c stored)."""
+        span = torch.arange(self.context_slots.shape[1], device=self.positions.device)[cols]
+        return (span.view(1, 1, -1) <= self.positions[:, rows].unsqueeze(-1)) & \
+            (self.context_slots[:, cols] >= 0).unsqueeze(1)

@@ -3,11 +3,11 @@
 // (indexer_qgmma_kernels.cu, 32 or 64 heads) does not, and GLM52_INDEXER_KERNEL=simt.
 //
 // A CTA takes one query row and kKeysPerCta keys; the row's q [H, 128] is decoded once into shared
-// memory (fp32) and broadcast to all threads. Each thread walks the heads in groups of kHeadGroup,
-// decoding its key 16 dims at a time (the decode is amortized over the group), so registers stay
-// bounded for any H up to 128. Key addressing (flat or paged) and the row ranges are
+// memory (fp32) and broadcast to all threads; each thread scores its key with indexer_score.cuh
+// (shared with the fused indexer_topk kernel). Key addressing (flat or paged) and the row ranges are
 // attention_cache.h / attention_indexer.h's, shared with the CPU twin.
 #include "attention/cuda/indexer_keys.cuh"
+#include "attention/cuda/indexer_score.cuh"
 
 #include <algorithm>
 
@@ -15,8 +15,6 @@ namespace glm52::attention {
 namespace {
 
 constexpr int kKeysPerCta = 128;
-constexpr int kHeadGroup = 16;
-constexpr int kChunk = 16;  // key dims decoded at a time (one 16-byte load)
 constexpr unsigned kMaxGridY = 65535;
 
 template <typename Keys>
@@ -38,28 +36,7 @@ __global__ void __launch_bounds__(kKeysPerCta) indexer_logits_simt_kernel(Indexe
       a.out[row * a.out_cols + t] = -INFINITY;
       continue;
     }
-    float sum = 0.0f;
-    for (int64_t h0 = 0; h0 < a.heads; h0 += kHeadGroup) {
-      float dot[kHeadGroup] = {};
-      for (int c = 0; c < kIndexDim; c += kChunk) {
-        const uint4 raw = *reinterpret_cast<const uint4*>(codes + c);
-        const uint8_t* bytes = reinterpret_cast<const uint8_t*>(&raw);
-        float k[kChunk];
-#pragma unroll
-        for (int d = 0; d < kChunk; ++d) k[d] = e4m3_bits_to_float(bytes[d]);
-#pragma unroll
-        for (int h = 0; h < kHeadGroup; ++h) {
-          if (h0 + h >= a.heads) break;
-          const float* q = q_smem + (h0 + h) * kIndexDim + c;
-#pragma unroll
-          for (int d = 0; d < kChunk; ++d) dot[h] = fmaf(q[d], k[d], dot[h]);
-        }
-      }
-#pragma unroll
-      for (int h = 0; h < kHeadGroup; ++h)
-        if (h0 + h < a.heads) sum += relu_weighted(w[h0 + h], dot[h]);
-    }
-    a.out[row * a.out_cols + t] = sum * scale;
+    a.out[row * a.out_cols + t] = indexer_score_simt(q_smem, w, a.heads, codes, scale);
   }
 }
 
