@@ -15,8 +15,8 @@ The parallel model is the single-process model with some modules swapped for sha
 - ``ep > tp``: the EP group spans data-parallel groups. Each TP rank takes a slice of its group's tokens
   and sends every (token, slot) pair to the expert's owner with ``all_to_all_single`` (rows travel as
   bytes, so FP8 and BF16 both pass gloo); outputs come back to the home rank, which sums the ``k``
-  slots in ascending expert order exactly as the single-process ``Experts`` does (so DP×EP is
-  bit-identical to one process). Exact splits (``dispatch="exact"``, one host read of the counts) or a
+  slots in slot order in fp32 exactly as the single-process ``Experts`` does (``moe_unpermute``; so
+  DP×EP is bit-identical to one process). Exact splits (``dispatch="exact"``, one host read of the counts) or a
   fixed capacity (``dispatch="capacity"``: no host read, static shapes, CUDA-graph friendly).
 
 A rank whose data-parallel group has run out of work must keep answering its EP peers until every
@@ -406,7 +406,7 @@ def dispatch_combine(moe: ParallelMoE, x: torch.Tensor, weights: torch.Tensor, i
         y = _serve(moe.registry, got, x, [moe.index] * pc.ep, [cap] * pc.ep)
         back = _all_to_all(_bytes(y), pc.ep * cap, None, None, handle.ep_group)
         pair_y = back.view(x.dtype).view(-1, x.shape[1])[slot]
-    return _combine(pair_y.view(t, k, x.shape[1]), weights, ids, x.dtype)
+    return _combine(pair_y.view(t, k, x.shape[1]), weights, x.dtype)
 
 
 def _check_modes(head: list[list[int]], mode: str) -> None:
@@ -431,16 +431,15 @@ def _capacity_slots(dest: torch.Tensor, ep: int, cap: int) -> torch.Tensor:
     return dest * cap + before
 
 
-def _combine(pair_y: torch.Tensor, weights: torch.Tensor, ids: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """``Σ_slots w · y`` per token, added in ascending expert order and rounded to ``dtype`` after
-    each add: the order and roundings of the single-process ``Experts.forward``."""
-    terms = (pair_y.float() * weights[..., None]).to(dtype)
-    order = torch.argsort(ids.long(), dim=1, stable=True)
-    terms = torch.take_along_dim(terms, order[..., None], dim=1)
+def _combine(pair_y: torch.Tensor, weights: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """``Σ_slots w · y`` per token: fp32 products added in slot order from zero, rounded to ``dtype``
+    once at the end: the order and roundings of ``moe_unpermute``, which combines the single-process
+    ``Experts`` (so DP×EP stays bit-identical to one process)."""
+    terms = pair_y.float() * weights[..., None]
     out = torch.zeros_like(terms[:, 0])
     for j in range(terms.shape[1]):
         out = out + terms[:, j]
-    return out
+    return out.to(dtype)
 
 
 def set_dispatch(model: nn.Module, mode: str, capacity: int = 0) -> None:
