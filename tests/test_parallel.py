@@ -228,3 +228,48 @@ def test_glm52_shard_on_meta_matches_the_planner():
     for rank in (0, 7):
         model = build_parallel_model(config, ParallelHandle(ParallelConfig(tp=8, ep=8), rank))
         assert model_bytes_as_loaded(model, "fp8") == planned["weight_bytes_per_gpu"]
+
+
+_PEAK_RSS_SCRIPT = """
+import resource, sys
+import torch
+import glm52_ext.ops  # the extension (and the CUDA libraries it links) loaded before the baseline
+from glm52 import GLM52ForCausalLM
+from glm52.parallel import ParallelConfig, ParallelHandle, parameter_bytes
+ep = int(sys.argv[2])
+handle = ParallelHandle(ParallelConfig(dp=ep, ep=ep), rank=0) if ep > 1 else None
+torch.ones(1) + 1  # allocator and kernels warm before the baseline
+with open("/proc/self/statm") as f:
+    before = int(f.read().split()[1]) * resource.getpagesize()  # resident now (the peak so far has import spikes)
+model = GLM52ForCausalLM.from_pretrained(sys.argv[1], parallel=handle)
+after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+print(max(after - before, 0), parameter_bytes(model))
+"""
+
+
+def test_loading_peak_memory_follows_the_rank_share(tmp_path):
+    """A rank's peak RSS while loading grows with its shard, not with the checkpoint: experts are
+    ~95% of this checkpoint, and an EP-4 rank reads a quarter of them (each load measured in a
+    fresh process)."""
+    import subprocess
+    import sys
+
+    big = dict(TINY, hidden_size=256, moe_intermediate_size=1024, n_routed_experts=32, num_hidden_layers=2)
+    path = _write(tmp_path, "big", big, torch.float32, fp8=False)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    grown = {}
+    for ep in (1, 4):
+        out = subprocess.run([sys.executable, "-c", _PEAK_RSS_SCRIPT, str(path), str(ep)], capture_output=True,
+                             text=True, env=env, timeout=300)
+        assert out.returncode == 0, out.stderr
+        grown[ep] = tuple(int(v) for v in out.stdout.split())
+    whole_rss, whole_bytes = grown[1]
+    rank_rss, rank_bytes = grown[4]
+    assert rank_bytes < 0.4 * whole_bytes
+    assert whole_rss >= whole_bytes, grown  # the measurement sees a whole load
+    # What the rank does not own never becomes resident: the whole load's extra peak over the
+    # rank's is at least the bytes of the other ranks' experts. (A fixed cost of lazily loaded
+    # libraries, 0-160 MB depending on the environment, cancels in the difference.)
+    assert whole_rss - rank_rss >= 0.8 * (whole_bytes - rank_bytes), (
+        f"an EP-4 rank's load grew RSS by {rank_rss:,} B for {rank_bytes:,} B of shard; the whole model's "
+        f"load by {whole_rss:,} B for {whole_bytes:,} B")
