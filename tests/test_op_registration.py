@@ -276,5 +276,7 @@ def test_fakes_register_when_the_extension_loads():
 
     here = Path(glm52_ext.__file__).resolve().parents[1]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(here), os.environ.get("PYTHONPATH", "")])}
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+    # cwd too: `python -c` puts the working directory first on sys.path, which in CI's torch 2.11 pass
+    # is the source tree (its _C built for the other torch), not the installed wheel under test.
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=here)
     assert done.returncode == 0, done.stderr
