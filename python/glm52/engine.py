@@ -119,7 +119,7 @@ class Engine:
         weight = model.model.embed_tokens.weight
         self.device, self.dtype = weight.device, weight.dtype
         self.cache = PagedKVCache.from_budget(config, cache_bytes, self.dtype, self.device, cache_format)
-        self.allocator = BlockAllocator(self.cache.num_slots // 64)
+        self.allocator = BlockAllocator(self.cache.num_blocks)
         cuda_graphs = self.device.type == "cuda" if cuda_graphs is None else cuda_graphs
         if cuda_graphs and self.device.type != "cuda":
             raise ValueError(f"cuda_graphs needs a model on a CUDA device, got {self.device}")
@@ -271,10 +271,10 @@ class Engine:
                 raise ValueError(f"prompt {i}: {len(p)} prompt tokens + {max_new_tokens} new tokens + {self.spec_steps} "
                                  f"draft tokens = {context} positions, past max_position_embeddings = {limit}")
         free = self.allocator.num_free
-        need = sum(-(-(len(p) + 1 + self.spec_steps) // 64) for p in prompts)
+        need = sum(-(-(len(p) + 1 + self.spec_steps) // BLOCK_SIZE) for p in prompts)
         if need > free:
             raise CacheFullError(f"{len(prompts)} prompts of {sum(map(len, prompts))} tokens need {need} more blocks "
-                                 f"(64 tokens each) than the cache budget's {free} free blocks; raise cache_bytes "
+                                 f"({BLOCK_SIZE} tokens each) than the cache budget's {free} free blocks; raise cache_bytes "
                                  f"or send fewer/shorter prompts")
 
     def _prefill(self, seqs: list[_Sequence], sp: SamplingParams) -> None:
