@@ -38,7 +38,8 @@ def test_chunked_prefill_equals_unchunked(spec_steps, chunk):
 
 
 def test_streaming_topk_equals_materialized(monkeypatch):
-    """Tiles smaller than the row (several per query tile and per key tile), ties and −inf."""
+    """Tiles smaller than the row (several per query tile and per key tile), ties, −inf, visible
+    lengths, and key tiles skipped past the host-known last positions."""
     monkeypatch.setattr(kv_cache, "QUERY_TILE", 7)
     monkeypatch.setattr(kv_cache, "KEY_TILE", 33)
     g = torch.Generator().manual_seed(0)
@@ -46,9 +47,21 @@ def test_streaming_topk_equals_materialized(monkeypatch):
     scores = torch.randint(-3, 4, (b, t, c), generator=g).float()
     scores[:, :, 100:] = float("-inf")
     scores[1, 3] = float("-inf")
-    got = streaming_topk(lambda rows, cols: scores[:, rows, cols], b, t, c, k, "cpu")
+    got = streaming_topk(lambda rows, cols: (scores[:, rows, cols], None), b, t, c, k, "cpu")
     want = ops.topk_indices(scores.flatten(0, 1).contiguous(), k).view(b, t, k)
     assert torch.equal(got, want)
+
+    # Causal: query t at position 110 + t (sequence 0) or 40 + 3t (sequence 1) sees columns up to it.
+    positions = torch.stack((110 + torch.arange(t), 40 + 3 * torch.arange(t)))
+    visible = positions + 1
+    poisoned = torch.randn(b, t, c, generator=g)  # what lies past a query's length must not count
+    tile = lambda rows, cols: (poisoned[:, rows, cols].clone(),  # noqa: E731
+                               (visible[:, rows] - cols.start).clamp(0, cols.stop - cols.start).int())
+    last = tuple(positions.amax(0).tolist())
+    masked = poisoned.masked_fill(torch.arange(c) >= visible[..., None], float("-inf"))
+    want = ops.topk_indices(masked.flatten(0, 1).contiguous(), k).view(b, t, k)
+    assert torch.equal(streaming_topk(tile, b, t, c, k, "cpu", last), want)
+    assert torch.equal(streaming_topk(tile, b, t, c, k, "cpu"), want)
 
 
 def test_bad_requests_are_refused_and_the_engine_keeps_serving():

@@ -146,7 +146,8 @@ class Engine:
 
     def _view(self, seqs: list[_Sequence], positions: list[list[int]]) -> CacheView:
         padded, table = self._table(seqs, positions)
-        return CacheView.from_block_table(self.cache, table, padded, table.shape[1] * BLOCK_SIZE)
+        last = tuple(max(p[t] for p in positions if t < len(p)) for t in range(padded.shape[1]))
+        return CacheView.from_block_table(self.cache, table, padded, table.shape[1] * BLOCK_SIZE, last)
 
     @staticmethod
     def _ids(rows: list[list[int]], width: int, device: torch.device) -> torch.Tensor:

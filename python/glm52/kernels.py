@@ -64,10 +64,11 @@ def sparse_mla_prefill_model(
     ``(out [S, H, d_v], lse [S, H])`` in fp32 accumulation, ``out`` in ``q``'s dtype.
     """
     valid = indices >= 0
-    keys = kv[indices.clamp_min(0).long()].float()  # [S, k, D]
-    scores = torch.einsum("shd,skd->shk", q.float(), keys) * sm_scale
+    s, k = indices.shape
+    keys = kv.index_select(0, indices.clamp_min(0).flatten()).view(s, k, -1).float()  # [S, k, D]
+    scores = torch.bmm(q.float(), keys.transpose(1, 2)) * sm_scale  # [S, H, k]
     scores = scores.masked_fill(~valid[:, None, :], float("-inf"))
     lse = torch.logsumexp(scores, dim=-1)
-    out = torch.einsum("shk,skc->shc", torch.exp(scores - lse[..., None]), keys[..., :d_v])
+    out = torch.bmm(torch.exp(scores - lse[..., None]), keys[..., :d_v])
     return out.to(q.dtype), lse
 

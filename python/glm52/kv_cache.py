@@ -208,17 +208,24 @@ class PagedKVCache:
             lengths = (view.positions + 1).int()  # padding tokens (position −1) see nothing
             return kernels.indexer_topk_paged(q8.view(q.shape), w, self.index_keys[layer], view.block_table, lengths, k)
         fp8 = layer in self.index_scales
+        # Query (b, t) sees the stored positions up to its own. Stored slots are a prefix of the
+        # context (a block table lists a sequence's blocks in order), so that is a column count per
+        # query, which topk_indices takes as ``lengths``: no [queries x context] mask is built.
+        stored = (view.context_slots >= 0).sum(dim=1, keepdim=True)
+        visible = torch.minimum(view.positions + 1, stored).clamp_min(0)
 
-        def tile_scores(rows: slice, cols: slice) -> torch.Tensor:
-            slots = view.context_slots[:, cols]
-            keys = self.index_keys[layer][slots.clamp_min(0)]
+        def tile_scores(rows: slice, cols: slice) -> tuple[torch.Tensor, torch.Tensor]:
+            slots = view.context_slots[:, cols].clamp_min(0)
+            keys = self.index_keys[layer].index_select(0, slots.flatten()).view(*slots.shape, -1)
             if fp8:
-                scores = indexer_scores_fp8(q[:, rows], w[:, rows], keys, self.index_scales[layer][slots.clamp_min(0)])
+                scale = self.index_scales[layer].index_select(0, slots.flatten()).view(slots.shape)
+                scores = indexer_scores_fp8(q[:, rows], w[:, rows], keys, scale)
             else:
                 scores = indexer_scores_exact(q[:, rows], w[:, rows], keys)
-            return scores.masked_fill(~view.causal_mask(rows, cols), float("-inf"))
+            return scores, (visible[:, rows] - cols.start).clamp(0, cols.stop - cols.start)
 
-        return streaming_topk(tile_scores, q.shape[0], q.shape[1], view.context_slots.shape[1], k, q.device)
+        context = view.context_slots.shape[1]
+        return streaming_topk(tile_scores, q.shape[0], q.shape[1], context, k, q.device, view.last_positions)
 
     def attend(self, layer: int, query: torch.Tensor, slots: torch.Tensor, sm_scale: float) -> torch.Tensor:
         """Sparse latent attention of ``query [B, T, H, kv_lora + rope]`` over the cached rows at
@@ -233,42 +240,61 @@ class PagedKVCache:
         return out.view(b, t, *out.shape[1:])
 
 
-QUERY_TILE, KEY_TILE = 512, 4096  # the model format's indexer scores one [B, 512, 4096] tile at a time
+# The model format's indexer scores one [B, 256, 1024] tile at a time: its [256 x heads, 1024]
+# logits (8 MB at 8 heads) stay in cache between the GEMM, the ReLU and the head sum.
+QUERY_TILE, KEY_TILE = 256, 1024
 
 
-def streaming_topk(tile_scores, batch: int, queries: int, context: int, k: int, device) -> torch.Tensor:
+def streaming_topk(tile_scores, batch: int, queries: int, context: int, k: int, device,
+                   last_positions: tuple[int, ...] | None = None) -> torch.Tensor:
     """``topk_indices`` over ``[batch, queries, context]`` scores produced tile by tile:
-    ``tile_scores(rows, cols)`` -> fp32 ``[batch, len(rows), len(cols)]`` (−inf: not visible).
+    ``tile_scores(rows, cols)`` -> (fp32 scores ``[batch, len(rows), len(cols)]``, int32 lengths
+    ``[batch, len(rows)]`` or None): query (b, t) sees the tile's first ``lengths[b, t]`` columns
+    (all without lengths), and never a non-finite score. ``last_positions``: when the caller knows
+    them on the host, the largest position of each query over the batch; key tiles past a query
+    tile's largest one are not scored.
 
-    Each query tile keeps its best ``k`` (scores and positions, in position order); every key tile is
-    appended to them and ``topk_indices`` of the concatenation (ties to the lower column = the lower
-    position) becomes the new selection. A dropped score has k better-or-earlier scores before it, so
-    the end result equals the selection over the whole row. Memory: O(batch · queries · k) plus one
-    tile. Returns int32 ``[batch, queries, k]``, −1 padded.
+    Each query tile keeps its best ``k`` (scores and positions, in position order). A key tile is
+    reduced to its own best ``k``, which are appended to the kept ones; ``topk_indices`` of that
+    ``2k``-wide concatenation (ties to the lower column = the lower position) becomes the new
+    selection. A dropped score has k better-or-earlier scores before it, so the end result equals
+    the selection over the whole row. Memory: O(batch · queries · k) plus one tile. Returns int32
+    ``[batch, queries, k]``, −1 padded.
     """
     out = torch.full((batch, queries, k), -1, dtype=torch.int32, device=device)
     for r0 in range(0, queries, QUERY_TILE):
         rows = slice(r0, min(r0 + QUERY_TILE, queries))
         n = rows.stop - r0
-        best = torch.full((batch * n, 0), float("-inf"), device=device)
-        best_pos = torch.full((batch * n, 0), -1, dtype=torch.long, device=device)
-        for c0 in range(0, context, KEY_TILE):
-            cols = slice(c0, min(c0 + KEY_TILE, context))
-            scores = torch.cat((best, tile_scores(rows, cols).reshape(batch * n, -1)), dim=1).contiguous()
-            positions = torch.cat((best_pos, torch.arange(cols.start, cols.stop, device=device).expand(batch * n, -1)), 1)
+        seen = context if last_positions is None else min(context, max(last_positions[rows]) + 1)
+        best = torch.full((batch * n, k), float("-inf"), device=device)
+        best_pos = torch.full((batch * n, k), -1, dtype=torch.int32, device=device)
+        for c0 in range(0, seen, KEY_TILE):
+            tile, lengths = tile_scores(rows, slice(c0, min(c0 + KEY_TILE, context)))
+            tile = tile.reshape(batch * n, -1)
+            pick = kernels.topk_indices(tile, k, None if lengths is None else lengths.reshape(-1).int())
+            taken = pick >= 0
+            scores = torch.cat((best, torch.where(taken, tile.gather(1, pick.clamp_min(0).long()), float("-inf"))), 1)
+            positions = torch.cat((best_pos, torch.where(taken, pick + c0, -1)), 1)
             pick = kernels.topk_indices(scores, k).long()
             taken = pick >= 0
             best = torch.where(taken, scores.gather(1, pick.clamp_min(0)), float("-inf"))
             best_pos = torch.where(taken, positions.gather(1, pick.clamp_min(0)), -1)
-        if best_pos.shape[1]:
-            out[:, rows] = best_pos.view(batch, n, k).int()
+        out[:, rows] = best_pos.view(batch, n, k)
     return out
 
 
+def _weighted_relu_scores(q: torch.Tensor, w: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
+    """``Σ_h w_h · ReLU(q_h · k_t)``: ``q [B,T,H,D]``, ``w [B,T,H]``, ``keys [B,C,D]`` (fp32) -> ``[B,T,C]``.
+    Two GEMMs and an in-place ReLU: the ``[T·H, C]`` logits are written once."""
+    b, t, h, d = q.shape
+    logits = torch.matmul(q.reshape(b, t * h, d), keys.transpose(1, 2)).relu_()
+    return torch.matmul(w.reshape(b * t, 1, h), logits.view(b * t, h, -1)).view(b, t, -1)
+
+
 def indexer_scores_exact(q: torch.Tensor, w: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
-    """``I(s,t) = Σ_h w_h · ReLU(q_h · k_t · D^-0.5)`` in fp32: ``q [B,T,H,D]``, ``w [B,T,H]``, ``keys [B,C,D]`` -> ``[B,T,C]``."""
-    logits = torch.einsum("bshd,btd->bsht", q.float(), keys.float()) * q.shape[-1] ** -0.5
-    return torch.einsum("bsh,bsht->bst", w, logits.relu())
+    """``I(s,t) = Σ_h w_h · ReLU(q_h · k_t · D^-0.5)`` in fp32 (``D^-0.5 > 0`` is folded into ``w``):
+    ``q [B,T,H,D]``, ``w [B,T,H]``, ``keys [B,C,D]`` -> ``[B,T,C]``."""
+    return _weighted_relu_scores(q.float(), w * q.shape[-1] ** -0.5, keys.float())
 
 
 def indexer_scores_fp8(q: torch.Tensor, w: torch.Tensor, k8: torch.Tensor, k_scale: torch.Tensor) -> torch.Tensor:
@@ -277,8 +303,7 @@ def indexer_scores_fp8(q: torch.Tensor, w: torch.Tensor, k8: torch.Tensor, k_sca
     b, t, h, d = q.shape
     q8, q_scale = kernels.quant_fp8_per_token_group(q.reshape(-1, d), d, scale_ue8m0=True)
     w = w * q_scale.view(b, t, h) * d**-0.5
-    logits = torch.einsum("bshd,btd->bsht", q8.float().view(b, t, h, d), k8.float()).relu()
-    return torch.einsum("bsh,bsht->bst", w, logits) * k_scale.unsqueeze(1)
+    return _weighted_relu_scores(q8.float().view(b, t, h, d), w, k8.float()) * k_scale.unsqueeze(1)
 
 
 def paged_slots(block_table: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
@@ -302,6 +327,8 @@ class CacheView:
     attention kernels take, so the chosen slots need no per-layer conversion): the slot of every
     position ``0..C-1`` of each sequence after this step (−1 past its length). ``block_table
     [B, max_blocks]`` int32: each sequence's blocks (−1 padded), what the paged kernels read.
+    ``last_positions``: host ints, when the builder knows them (prefill), the largest position of
+    each query index t over the batch; the model format's indexer skips key tiles past them.
     """
 
     cache: PagedKVCache
@@ -309,6 +336,7 @@ class CacheView:
     slots: torch.Tensor
     context_slots: torch.Tensor
     block_table: torch.Tensor
+    last_positions: tuple[int, ...] | None = None
 
     @classmethod
     def contiguous(cls, config: GLM52Config, batch: int, tokens: int, dtype: torch.dtype,
@@ -320,7 +348,7 @@ class CacheView:
         table = torch.arange(batch * per_seq, dtype=torch.int32, device=device).view(batch, per_seq)
         positions = torch.arange(tokens, device=device).expand(batch, tokens)
         slots = table[:, :1].long() * BLOCK_SIZE + positions
-        return cls(cache, positions, slots, slots.int(), table)
+        return cls(cache, positions, slots, slots.int(), table, tuple(range(tokens)))
 
     @classmethod
     def for_sequences(cls, cache: PagedKVCache, allocator: BlockAllocator, seq_ids: list[int],
@@ -335,7 +363,7 @@ class CacheView:
 
     @classmethod
     def from_block_table(cls, cache: PagedKVCache, block_table: torch.Tensor, positions: torch.Tensor,
-                         context: int) -> CacheView:
+                         context: int, last_positions: tuple[int, ...] | None = None) -> CacheView:
         """View whose slots are looked up on the device from ``block_table [B, W]`` (int32, −1
         padded) for ``positions [B, T]``; each sequence's context ends at its largest position.
         No host read: what a compiled or graph-captured decode step builds."""
@@ -343,11 +371,4 @@ class CacheView:
         lengths = positions.amax(dim=1, keepdim=True) + 1
         context_positions = torch.where(span < lengths, span, -1)
         return cls(cache, positions, paged_slots(block_table, positions),
-                   paged_slots(block_table, context_positions).int(), block_table)
-
-    def causal_mask(self, rows: slice = slice(None), cols: slice = slice(None)) -> torch.Tensor:
-        """``[B, T, C]`` (or the ``rows`` × ``cols`` tile of it): query (b, t) may see context position
-        c (c ≤ its position, c stored)."""
-        span = torch.arange(self.context_slots.shape[1], device=self.positions.device)[cols]
-        return (span.view(1, 1, -1) <= self.positions[:, rows].unsqueeze(-1)) & \
-            (self.context_slots[:, cols] >= 0).unsqueeze(1)
+                   paged_slots(block_table, context_positions).int(), block_table, last_positions)
