@@ -92,6 +92,54 @@ def test_indexer_cache_write_matches_reference_bytes(device, dtype, ue8m0, t, nu
     assert torch.equal(scale[slots[keep]], s.flatten())
 
 
+def random_rope(t: int, pairs: int, g: torch.Generator) -> torch.Tensor:
+    """``[T, pairs, 2]`` (cos, sin) of random angles, as ``view_as_real`` of the model's rotation."""
+    angles = torch.rand(t, pairs, generator=g) * 1000
+    return torch.stack((angles.cos(), angles.sin()), dim=-1)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("token_bytes", [1152, 656])
+def test_mla_cache_write_with_rope_stores_the_rotated_k_pe(device, token_bytes):
+    """The fused rotation equals the reference's, and what the model's unfused path stores
+    (apply_rope on k_pe, then the plain write)."""
+    from glm52.layers import apply_rope
+
+    g = gen(23 + token_bytes)
+    cache = random_cache_bytes((3, 64, token_bytes), g)
+    kv = random_latent(150, g)
+    slots = scattered_slots(150, 3 * 64, g)
+    rope = random_rope(150, 32, g)
+    want = reference.mla_cache_write(kv, slots, cache, rope)
+    got = cache.to(device)
+    ops.mla_cache_write(kv.to(device), slots.to(device), got, rope=rope.to(device))
+    assert torch.equal(got.cpu(), want)
+    turned = apply_rope(kv[:, 512:].unsqueeze(0), torch.view_as_complex(rope).unsqueeze(0), None)[0]
+    unfused = reference.mla_cache_write(torch.cat((kv[:, :512], turned), dim=1), slots, cache)
+    assert torch.equal(got.cpu(), unfused)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("pairs", [32, 1, 64])
+def test_indexer_cache_write_with_rope_rotates_the_leading_pairs(device, dtype, pairs):
+    from glm52.layers import apply_rope
+
+    g = gen(pairs + (dtype == torch.bfloat16))
+    cache = random_cache_bytes((2, 8448), g)
+    k = torch.randn(100, 128, generator=g).to(dtype)
+    slots = scattered_slots(100, 2 * 64, g)
+    rope = random_rope(100, pairs, g)
+    want = reference.indexer_cache_write(k, slots, cache, True, rope)
+    got = cache.to(device)
+    ops.indexer_cache_write(k.to(device), slots.to(device), got, True, rope=rope.to(device))
+    assert torch.equal(got.cpu(), want)
+    r = 2 * pairs
+    turned = apply_rope(k[:, :r].unsqueeze(0), torch.view_as_complex(rope).unsqueeze(0), None)[0]
+    unfused = reference.indexer_cache_write(torch.cat((turned, k[:, r:]), dim=1), slots, cache, True)
+    assert torch.equal(got.cpu(), unfused)
+
+
 @pytest.mark.parametrize("device", DEVICES)
 def test_cache_writes_reject_bad_input(device):
     kv = torch.randn(4, 576, device=device).bfloat16()
@@ -112,6 +160,16 @@ def test_cache_writes_reject_bad_input(device):
          r"argument 'k' must have shape \[T, 128\]"),
         (lambda: ops.indexer_cache_write(kv[:, :128], slots, torch.zeros(1, 8447, dtype=torch.uint8, device=device)),
          "argument 'cache' must have shape"),
+        (lambda: ops.mla_cache_write(kv, slots, cache, rope=torch.zeros(4, 16, 2, device=device)),
+         r"argument 'rope' must have shape \[T = 4, 32, 2\]"),
+        (lambda: ops.mla_cache_write(kv, slots, cache, rope=torch.zeros(4, 32, 2, device=device).double()),
+         "argument 'rope' must have dtype"),
+        (lambda: ops.indexer_cache_write(kv[:, :128], slots, torch.zeros(1, 8448, dtype=torch.uint8, device=device),
+                                         rope=torch.zeros(4, 65, 2, device=device)),
+         r"argument 'rope' must have shape \[T = 4, 1..64, 2\]"),
+        (lambda: ops.indexer_cache_write(kv[:, :128], slots, torch.zeros(1, 8448, dtype=torch.uint8, device=device),
+                                         rope=torch.zeros(4, 2, 32, device=device).transpose(1, 2)),
+         "argument 'rope' must be contiguous"),
     ]
     for call, message in cases:
         with pytest.raises(RuntimeError, match=message):

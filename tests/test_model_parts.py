@@ -12,7 +12,7 @@ from glm52.attention import Indexer
 from glm52.checkpoint import init_random_, quantize_fp8_block
 from glm52.kernels import moe_route
 from glm52.kv_cache import CacheView, indexer_scores_fp8
-from glm52.layers import rope_cos_sin
+from glm52.layers import rope_cos_sin, rope_turn
 from glm52_ext.reference import dequant_fp8_block, quant_fp8_per_token_group
 
 
@@ -77,7 +77,7 @@ def _select(indexer, n, cq, cos, sin):
     b, t, _ = n.shape
     view = CacheView.contiguous(indexer.config, b, t, torch.float32, "cpu")
     width = indexer.config.kv_lora_rank + indexer.config.qk_rope_head_dim
-    view.cache.write(0, view.slots, torch.zeros(b, t, width), indexer.key(n, cos, sin))
+    view.cache.write(0, view.slots, torch.zeros(b, t, width), indexer.key(n), rope_turn(cos, sin))
     return indexer(n, cq, cos, sin, view, 0)
 
 

@@ -6,6 +6,9 @@
 
 #include <ATen/core/Tensor.h>
 
+#include <optional>
+#include <string>
+
 namespace glm52::attention {
 
 inline constexpr const char* kMlaCacheWriteOp = "mla_cache_write";
@@ -53,8 +56,28 @@ inline void check_slots(const at::Tensor& slots, int64_t tokens, const char* op,
   check_tensor(slots, op, "slots", at::kLong, {tokens}, "[T]", ref, ref_arg);
 }
 
+// rope: float32 [T, pairs, 2] (cos, sin of each rotated pair), contiguous, beside `ref`; pairs is
+// `exact_pairs` when > 0, else 1..max_pairs. Returns the pair count (0 without rope).
+inline int64_t check_rope(const std::optional<at::Tensor>& rope, int64_t tokens, int64_t exact_pairs,
+                          int64_t max_pairs, const char* op, const at::Tensor& ref, const char* ref_arg) {
+  if (!rope) return 0;
+  const at::Tensor& r = *rope;
+  check_dim(r, op, "rope", 3, "[T, pairs, 2]");
+  check_dtype(r, op, "rope", {at::kFloat});
+  const int64_t pairs = r.size(1);
+  GLM52_CHECK_ARG(r.size(0) == tokens && r.size(2) == 2 &&
+                      (exact_pairs > 0 ? pairs == exact_pairs : pairs >= 1 && pairs <= max_pairs),
+                  op, "rope", "must have shape [T = ", tokens, ", ",
+                  exact_pairs > 0 ? std::to_string(exact_pairs) : "1.." + std::to_string(max_pairs),
+                  ", 2] (cos, sin of each rotated pair), got ", shape_str(r.sizes()));
+  check_contiguous(r, op, "rope");
+  check_same_device(r, ref, op, "rope", ref_arg);
+  return pairs;
+}
+
 // kv [T, 576] bf16 with unit stride along the latent dim (any row stride).
-inline bool check_mla_cache_write(const at::Tensor& kv, const at::Tensor& slots, const at::Tensor& cache) {
+inline bool check_mla_cache_write(const at::Tensor& kv, const at::Tensor& slots, const at::Tensor& cache,
+                                  const std::optional<at::Tensor>& rope) {
   const char* op = kMlaCacheWriteOp;
   check_dim(kv, op, "kv", 2, "[T, 576]");
   check_dtype(kv, op, "kv", {at::kBFloat16});
@@ -65,6 +88,7 @@ inline bool check_mla_cache_write(const at::Tensor& kv, const at::Tensor& slots,
   check_slots(slots, kv.size(0), op, kv, "kv");
   const bool fp8 = check_mla_cache(cache, op, "cache");
   check_same_device(cache, kv, op, "cache", "kv");
+  check_rope(rope, kv.size(0), kRopeDim / 2, 0, op, kv, "kv");
   return fp8;
 }
 
@@ -79,7 +103,9 @@ inline void check_indexer_cache(const at::Tensor& cache, const char* op) {
   check_aligned16(cache, op, "cache");
 }
 
-inline void check_indexer_cache_write(const at::Tensor& k, const at::Tensor& slots, const at::Tensor& cache) {
+// Returns the number of leading pairs of k that rope rotates (0 without rope).
+inline int64_t check_indexer_cache_write(const at::Tensor& k, const at::Tensor& slots, const at::Tensor& cache,
+                                         const std::optional<at::Tensor>& rope) {
   const char* op = kIndexerCacheWriteOp;
   check_dim(k, op, "k", 2, "[T, 128]");
   check_dtype(k, op, "k", {at::kBFloat16, at::kHalf, at::kFloat});
@@ -89,6 +115,7 @@ inline void check_indexer_cache_write(const at::Tensor& k, const at::Tensor& slo
   check_slots(slots, k.size(0), op, k, "k");
   check_indexer_cache(cache, op);
   check_same_device(cache, k, op, "cache", "k");
+  return check_rope(rope, k.size(0), 0, kIndexDim / 2, op, k, "k");
 }
 
 // q8 [..., H, 128] e4m3 and weights [..., H] fp32 for `lead` leading dims; returns H.

@@ -82,8 +82,9 @@ std::tuple<at::Tensor, at::Tensor> sparse_mla_decode(const at::Tensor& q, const 
 }  // namespace
 
 TORCH_LIBRARY_FRAGMENT(glm52, m) {
-  m.def("mla_cache_write(Tensor kv, Tensor slots, Tensor(a!) cache) -> ()");
-  m.def("indexer_cache_write(Tensor k, Tensor slots, Tensor(a!) cache, bool scale_ue8m0=False) -> ()");
+  m.def("mla_cache_write(Tensor kv, Tensor slots, Tensor(a!) cache, *, Tensor? rope=None) -> ()");
+  m.def("indexer_cache_write(Tensor k, Tensor slots, Tensor(a!) cache, bool scale_ue8m0=False, *, "
+        "Tensor? rope=None) -> ()");
   m.def("indexer_logits(Tensor q8, Tensor weights, Tensor k8, Tensor k_scale, Tensor ks, Tensor ke) -> Tensor");
   m.def("indexer_logits_out(Tensor q8, Tensor weights, Tensor k8, Tensor k_scale, Tensor ks, Tensor ke, *, "
         "Tensor(a!) out) -> ()");

@@ -58,14 +58,16 @@ __all__ = [
 ]
 
 
-def mla_cache_write(kv: torch.Tensor, slots: torch.Tensor, cache: torch.Tensor) -> None:
-    """Write latent rows ``[c_kv | k_pe]`` into the paged MLA cache, in place.
+def mla_cache_write(kv: torch.Tensor, slots: torch.Tensor, cache: torch.Tensor, *,
+                    rope: torch.Tensor | None = None) -> None:
+    """Write latent rows ``[c_kv | k_pe]`` into the paged MLA cache, in place, optionally applying
+    RoPE to ``k_pe`` on the way (one op instead of rotate, concatenate and write).
 
     Parameters
     ----------
     kv : torch.Tensor
         ``[T, 576]`` bfloat16, unit stride along the latent dim (any row stride): ``c_kv`` (512,
-        after ``kv_a_layernorm``) then ``k_pe`` (64, after RoPE).
+        after ``kv_a_layernorm``) then ``k_pe`` (64, after RoPE, or before it when ``rope`` is given).
     slots : torch.Tensor
         ``[T]`` int64 slot of each token; −1 or out-of-range slots are skipped.
     cache : torch.Tensor
@@ -74,28 +76,41 @@ def mla_cache_write(kv: torch.Tensor, slots: torch.Tensor, cache: torch.Tensor) 
         FlashMLA's 4-D view of the same bytes ``[num_blocks, 64, 1, 1152 or 656]``; the
         format is the last dim (module docstring). Two tokens with the same slot: the row is unspecified
         (on CUDA it may mix parts of both).
+    rope : torch.Tensor, optional
+        ``[T, 32, 2]`` float32 contiguous: ``(cos, sin)`` of each interleaved ``k_pe`` pair of each
+        token (``torch.view_as_real`` of the model's complex rotation). Pair ``(x0, x1)`` is stored
+        as ``(x0 cos − x1 sin, x0 sin + x1 cos)`` computed in fp32 (each product rounded) and
+        rounded to bfloat16: what rotating first (``glm52.layers.apply_rope``) stores.
     """
-    torch.ops.glm52.mla_cache_write(kv, slots, cache)
+    torch.ops.glm52.mla_cache_write(kv, slots, cache, rope=rope)
 
 
 def indexer_cache_write(
-    k: torch.Tensor, slots: torch.Tensor, cache: torch.Tensor, scale_ue8m0: bool = False
+    k: torch.Tensor, slots: torch.Tensor, cache: torch.Tensor, scale_ue8m0: bool = False, *,
+    rope: torch.Tensor | None = None,
 ) -> None:
-    """Quantize indexer keys (one fp32 scale per token) and write them into the paged indexer cache.
+    """Quantize indexer keys (one fp32 scale per token) and write them into the paged indexer cache,
+    optionally applying RoPE to the keys' leading dims first.
 
     Parameters
     ----------
     k : torch.Tensor
-        ``[T, 128]`` bfloat16, float16 or float32 (after ``k_norm`` and RoPE), unit inner stride.
+        ``[T, 128]`` bfloat16, float16 or float32 (after ``k_norm``, and after RoPE unless ``rope``
+        is given), unit inner stride.
     slots : torch.Tensor
         ``[T]`` int64; −1 or out-of-range slots are skipped.
     cache : torch.Tensor
         uint8 ``[num_blocks, 8448]`` contiguous (module docstring).
     scale_ue8m0 : bool
         Round each scale up to a power of two. The codes and scales equal
-        ``quant_fp8_per_token_group(k, 128, scale_ue8m0)`` bit for bit.
+        ``quant_fp8_per_token_group(k, 128, scale_ue8m0)`` bit for bit (of the rotated ``k``).
+    rope : torch.Tensor, optional
+        ``[T, P, 2]`` float32 contiguous, ``1 <= P <= 64``: ``(cos, sin)`` rotating the interleaved
+        pairs of ``k``'s first ``2P`` dims (``P = 32`` for GLM-5.x), each rotated value rounded to
+        ``k``'s dtype before quantization, as the model's unfused path stores it (see
+        :func:`mla_cache_write`).
     """
-    torch.ops.glm52.indexer_cache_write(k, slots, cache, scale_ue8m0)
+    torch.ops.glm52.indexer_cache_write(k, slots, cache, scale_ue8m0, rope=rope)
 
 
 def indexer_logits(
@@ -360,12 +375,12 @@ def sparse_mla_decode(
 
 
 @torch.library.register_fake("glm52::mla_cache_write")
-def _mla_cache_write(kv, slots, cache):
+def _mla_cache_write(kv, slots, cache, *, rope=None):
     return None
 
 
 @torch.library.register_fake("glm52::indexer_cache_write")
-def _indexer_cache_write(k, slots, cache, scale_ue8m0=False):
+def _indexer_cache_write(k, slots, cache, scale_ue8m0=False, *, rope=None):
     return None
 
 

@@ -52,8 +52,20 @@ def _bytes(t: torch.Tensor) -> torch.Tensor:
     return t.contiguous().view(torch.uint8).reshape(t.shape[0], width)
 
 
-def mla_cache_write(kv: torch.Tensor, slots: torch.Tensor, cache: torch.Tensor) -> torch.Tensor:
-    """A copy of ``cache`` with ``kv[t]`` ``[576]`` bf16 written at ``slots[t]`` (BF16 or FP8 format)."""
+def rope_rotate(x: torch.Tensor, rope: torch.Tensor) -> torch.Tensor:
+    """Interleaved pairs of ``x [T, 2P]`` turned by ``rope [T, P, 2]`` (cos, sin) in fp32, each
+    product rounded before the sum, and rounded to ``x``'s dtype."""
+    x0, x1 = x.float().unflatten(-1, (-1, 2)).unbind(-1)
+    cos, sin = rope.unbind(-1)
+    return torch.stack((x0 * cos - x1 * sin, x0 * sin + x1 * cos), dim=-1).flatten(-2).to(x.dtype)
+
+
+def mla_cache_write(kv: torch.Tensor, slots: torch.Tensor, cache: torch.Tensor,
+                    rope: torch.Tensor | None = None) -> torch.Tensor:
+    """A copy of ``cache`` with ``kv[t]`` ``[576]`` bf16 written at ``slots[t]`` (BF16 or FP8 format),
+    ``k_pe`` (the last 64 dims) turned by ``rope [T, 32, 2]`` first when given."""
+    if rope is not None:
+        kv = torch.cat((kv[:, :VALUE_DIM], rope_rotate(kv[:, VALUE_DIM:], rope)), dim=1)
     cache = cache.clone()
     rows = cache.view(-1, cache.shape[-1])
     keep = _valid_slots(slots, rows.shape[0])
@@ -84,9 +96,14 @@ def _indexer_views(cache: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def indexer_cache_write(
-    k: torch.Tensor, slots: torch.Tensor, cache: torch.Tensor, scale_ue8m0: bool = False
+    k: torch.Tensor, slots: torch.Tensor, cache: torch.Tensor, scale_ue8m0: bool = False,
+    rope: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """A copy of ``cache`` with ``k[t]`` ``[128]`` quantized (one fp32 scale per token) at ``slots[t]``."""
+    """A copy of ``cache`` with ``k[t]`` ``[128]`` quantized (one fp32 scale per token) at ``slots[t]``,
+    its first ``2P`` dims turned by ``rope [T, P, 2]`` first when given."""
+    if rope is not None:
+        r = 2 * rope.shape[1]
+        k = torch.cat((rope_rotate(k[:, :r], rope), k[:, r:]), dim=1)
     cache = cache.clone()
     codes_view, scale_view = _indexer_views(cache)
     keep = _valid_slots(slots, cache.shape[0] * BLOCK_TOKENS)

@@ -13,7 +13,7 @@ from torch import nn
 
 from .config import GLM52Config
 from .kv_cache import CacheView
-from .layers import LayerNorm, Linear, RMSNorm, apply_rope
+from .layers import LayerNorm, Linear, RMSNorm, apply_rope, rope_turn
 
 LATENT_NORM_EPS = 1e-6  # q_a_layernorm / kv_a_layernorm (transformers and DeepSeek's reference: default eps)
 INDEXER_NORM_EPS = 1e-6
@@ -31,11 +31,10 @@ class Indexer(nn.Module):
         self.k_norm = LayerNorm(self.head_dim, INDEXER_NORM_EPS)
         self.weights_proj = Linear(config.hidden_size, self.n_heads)
 
-    def key(self, n: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-        """The key each new token leaves in the indexer cache: ``n [B, T, hidden]`` -> ``[B, T, D]``."""
-        r = self.config.qk_rope_head_dim
-        k = self.k_norm(self.wk(n))
-        return torch.cat((apply_rope(k[..., :r], cos, sin), k[..., r:]), dim=-1)
+    def key(self, n: torch.Tensor) -> torch.Tensor:
+        """The key each new token leaves in the indexer cache, before RoPE (the cache write turns
+        its first ``qk_rope_head_dim`` dims): ``n [B, T, hidden]`` -> ``[B, T, D]``."""
+        return self.k_norm(self.wk(n))
 
     def forward(self, n: torch.Tensor, cq: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, view: CacheView,
                 layer: int) -> torch.Tensor:
@@ -82,9 +81,10 @@ class MLAttention(nn.Module):
         q_nope, q_pe = q.split((c.qk_nope_head_dim, c.qk_rope_head_dim), dim=-1)
         c_kv, k_pe = self.kv_a_proj_with_mqa(n).split((c.kv_lora_rank, c.qk_rope_head_dim), dim=-1)
         c_kv = self.kv_a_layernorm(c_kv)
-        q_pe, k_pe = apply_rope(q_pe, cos, sin), apply_rope(k_pe, cos, sin)
-        index_key = self.indexer.key(n, cos, sin) if self.indexer is not None else None
-        view.cache.write(self.layer_idx, view.slots, torch.cat((c_kv, k_pe), dim=-1), index_key)
+        q_pe = apply_rope(q_pe, cos, sin)
+        index_key = self.indexer.key(n) if self.indexer is not None else None
+        turn = cos if sin is None else rope_turn(cos, sin)  # k_pe and the key turn inside the cache write
+        view.cache.write(self.layer_idx, view.slots, torch.cat((c_kv, k_pe), dim=-1), index_key, turn)
 
         if topk is None:
             if self.indexer is None:

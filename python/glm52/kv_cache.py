@@ -15,6 +15,7 @@ import torch
 
 from . import kernels
 from .config import GLM52Config
+from .layers import apply_rope
 
 BLOCK_SIZE = 64
 
@@ -172,9 +173,29 @@ class PagedKVCache:
             raise ValueError(f"a cache budget of {budget_bytes} bytes holds no block ({per_block} bytes each)")
         return cls(config, budget_bytes // per_block, dtype, device, format)
 
-    def write(self, layer: int, slots: torch.Tensor, latent: torch.Tensor, index_key: torch.Tensor | None) -> None:
-        """Store new tokens' ``[c_kv | k_pe]`` (and indexer key) at ``slots`` (−1: not stored)."""
+    def write(self, layer: int, slots: torch.Tensor, latent: torch.Tensor, index_key: torch.Tensor | None,
+              turn: torch.Tensor | None = None) -> None:
+        """Store new tokens' ``[c_kv | k_pe]`` (and indexer key) at ``slots`` (−1: not stored).
+
+        ``turn``: the new positions' complex rotation ``[B or 1, T, rope/2]``
+        (:func:`glm52.layers.rope_turn`); then ``k_pe`` and the key's first ``rope`` dims come
+        before RoPE and are rotated on the way in. The kernel formats fuse that into their cache
+        writes for a BF16 latent (one op instead of two rotations and a concatenation); otherwise
+        :func:`glm52.layers.apply_rope` rotates first, which stores the same values.
+        """
         flat_slots = slots.reshape(-1)
+        if self.format != "model" and turn is not None and latent.dtype == torch.bfloat16:
+            pairs = torch.view_as_real(turn).expand(*latent.shape[:2], -1, -1).reshape(-1, turn.shape[-1], 2)
+            kernels.mla_cache_write(latent.reshape(-1, latent.shape[-1]), flat_slots, self.latent[layer], rope=pairs)
+            if index_key is not None:
+                kernels.indexer_cache_write(index_key.reshape(-1, index_key.shape[-1]), flat_slots,
+                                            self.index_keys[layer], rope=pairs)
+            return
+        if turn is not None:
+            r = self.config.qk_rope_head_dim
+            latent = torch.cat((latent[..., :-r], apply_rope(latent[..., -r:], turn, None)), dim=-1)
+            if index_key is not None:
+                index_key = torch.cat((apply_rope(index_key[..., :r], turn, None), index_key[..., r:]), dim=-1)
         if self.format != "model":
             kernels.mla_cache_write(latent.reshape(-1, latent.shape[-1]).to(torch.bfloat16), flat_slots,
                                     self.latent[layer])

@@ -26,20 +26,23 @@ bool simt_requested(const char* variable) {
   return choice != nullptr && std::strcmp(choice, "simt") == 0;
 }
 
-void mla_cache_write_cuda(const at::Tensor& kv, const at::Tensor& slots, at::Tensor& cache) {
-  const bool fp8 = check_mla_cache_write(kv, slots, cache);
+void mla_cache_write_cuda(const at::Tensor& kv, const at::Tensor& slots, at::Tensor& cache,
+                          const std::optional<at::Tensor>& rope) {
+  const bool fp8 = check_mla_cache_write(kv, slots, cache, rope);
   const c10::cuda::CUDAGuard guard(kv.device());
   MlaCacheWriteArgs args{ptr<uint16_t>(kv), kv.stride(0), slots.const_data_ptr<int64_t>(), kv.size(0),
-                         cache.mutable_data_ptr<uint8_t>(), cache.size(0), fp8};
+                         cache.mutable_data_ptr<uint8_t>(), cache.size(0), fp8,
+                         rope ? rope->const_data_ptr<float>() : nullptr};
   C10_CUDA_CHECK(launch_mla_cache_write(args, stream_of(kv)));
 }
 
-void indexer_cache_write_cuda(const at::Tensor& k, const at::Tensor& slots, at::Tensor& cache, bool scale_ue8m0) {
-  check_indexer_cache_write(k, slots, cache);
+void indexer_cache_write_cuda(const at::Tensor& k, const at::Tensor& slots, at::Tensor& cache, bool scale_ue8m0,
+                              const std::optional<at::Tensor>& rope) {
+  const int64_t rope_pairs = check_indexer_cache_write(k, slots, cache, rope);
   const c10::cuda::CUDAGuard guard(k.device());
   IndexerCacheWriteArgs args{k.const_data_ptr(), k.stride(0), launch_dtype(k.scalar_type()),
                              slots.const_data_ptr<int64_t>(), k.size(0), cache.mutable_data_ptr<uint8_t>(),
-                             cache.size(0), scale_ue8m0};
+                             cache.size(0), scale_ue8m0, rope ? rope->const_data_ptr<float>() : nullptr, rope_pairs};
   C10_CUDA_CHECK(launch_indexer_cache_write(args, stream_of(k)));
 }
 

@@ -19,6 +19,7 @@ struct MlaCacheWriteArgs {
   uint8_t* cache;         // [num_blocks, 64, 1152 or 656]
   int64_t num_blocks;
   bool fp8;
+  const float* rope;      // [tokens, 32, 2] (cos, sin) rotating k_pe, or nullptr (k_pe stored as given)
 };
 
 struct IndexerCacheWriteArgs {
@@ -30,6 +31,8 @@ struct IndexerCacheWriteArgs {
   uint8_t* cache;         // [num_blocks, 8448]
   int64_t num_blocks;
   bool scale_ue8m0;
+  const float* rope;      // [tokens, rope_pairs, 2] (cos, sin) rotating k's leading dims, or nullptr
+  int64_t rope_pairs;
 };
 
 // Flat keys (ragged prefill) or the paged indexer cache (decode).

@@ -3,6 +3,7 @@
 // with the CPU twins, and e4m3 rounding is the same RNE conversion the quant kernels use.
 #include "common/cuda_convert.cuh"
 #include "attention/attention_cache.h"
+#include "attention/attention_rope.h"
 #include "attention/cuda/attention_launch.h"
 
 #include <cuda_bf16.h>
@@ -28,6 +29,22 @@ __device__ __forceinline__ float group_max(float v, int width) {
   return v;
 }
 
+// Lane l writes k_pe pair l (32 lanes, 32 pairs), rotated by the token's turn [32, 2] when given.
+__device__ __forceinline__ void write_rope(const uint16_t* k_pe, const float* turn, uint16_t* dst, int lane) {
+  const uint16_t x0 = k_pe[2 * lane], x1 = k_pe[2 * lane + 1];
+  if (turn == nullptr) {
+    dst[2 * lane] = x0;
+    dst[2 * lane + 1] = x1;
+    return;
+  }
+  float y0, y1;
+  rope_rotate(bf16_bits_to_float(x0), bf16_bits_to_float(x1), turn + 2 * lane, y0, y1);
+  dst[2 * lane] = __bfloat16_as_ushort(__float2bfloat16_rn(y0));
+  dst[2 * lane + 1] = __bfloat16_as_ushort(__float2bfloat16_rn(y1));
+}
+
+static_assert(kRopeDim == 64, "one k_pe pair per lane");
+
 __global__ void __launch_bounds__(kThreads) mla_cache_write_kernel(MlaCacheWriteArgs a) {
   const int lane = threadIdx.x & 31;
   const int64_t token_bytes = mla_token_bytes(a.fp8);
@@ -36,9 +53,11 @@ __global__ void __launch_bounds__(kThreads) mla_cache_write_kernel(MlaCacheWrite
     if (!s.valid) continue;  // warp-uniform
     const uint16_t* row = a.kv + t * a.kv_row_stride;
     uint8_t* token = a.cache + (s.block * kBlockTokens + s.offset) * token_bytes;
+    const float* turn = a.rope == nullptr ? nullptr : a.rope + t * kRopeDim;
     if (!a.fp8) {
       uint16_t* dst = reinterpret_cast<uint16_t*>(token);
-      for (int i = lane; i < kLatentDim; i += 32) dst[i] = row[i];
+      for (int i = lane; i < kValueDim; i += 32) dst[i] = row[i];
+      write_rope(row + kValueDim, turn, dst + kValueDim, lane);
       continue;
     }
     // Lane l quantizes c_kv dims [16l, 16l + 16): 8 lanes per 128-dim scale group.
@@ -54,8 +73,7 @@ __global__ void __launch_bounds__(kThreads) mla_cache_write_kernel(MlaCacheWrite
     for (int i = 0; i < 16; ++i) token[16 * lane + i] = e4m3_code(quant::scaled_for_e4m3(v[i], scale));
     if (lane % (kFp8GroupDim / 16) == 0)
       *reinterpret_cast<float*>(token + kMlaFp8ScaleOffset + 4 * (lane / (kFp8GroupDim / 16))) = scale;
-    uint16_t* rope = reinterpret_cast<uint16_t*>(token + kMlaFp8RopeOffset);
-    for (int i = lane; i < kRopeDim; i += 32) rope[i] = row[kValueDim + i];
+    write_rope(row + kValueDim, turn, reinterpret_cast<uint16_t*>(token + kMlaFp8RopeOffset), lane);
   }
 }
 
@@ -68,12 +86,20 @@ __global__ void __launch_bounds__(kThreads) indexer_cache_write_kernel(IndexerCa
     const SlotRef s = resolve_slot(a.slots[t], a.num_blocks);
     if (!s.valid) continue;  // warp-uniform
     float v[4];
+#pragma unroll
+    for (int i = 0; i < 4; ++i) v[i] = to_float(k[t * a.k_row_stride + 4 * lane + i]);
+    // Pairs 2l and 2l + 1 rotated (and rounded to k's dtype, as the model stores the key).
+#pragma unroll
+    for (int p = 0; p < 2; ++p) {
+      const int64_t pair = 2 * lane + p;
+      if (pair >= a.rope_pairs) break;
+      rope_rotate(v[2 * p], v[2 * p + 1], a.rope + (t * a.rope_pairs + pair) * 2, v[2 * p], v[2 * p + 1]);
+      v[2 * p] = to_float(from_float<T>(v[2 * p]));
+      v[2 * p + 1] = to_float(from_float<T>(v[2 * p + 1]));
+    }
     float amax = 0.0f;
 #pragma unroll
-    for (int i = 0; i < 4; ++i) {
-      v[i] = to_float(k[t * a.k_row_stride + 4 * lane + i]);
-      amax = fmaxf(amax, fabsf(v[i]));
-    }
+    for (int i = 0; i < 4; ++i) amax = fmaxf(amax, fabsf(v[i]));
     const float scale = quant::group_scale(group_max(amax, 32), a.scale_ue8m0);
     uint8_t* codes = a.cache + index_code_offset(s);
 #pragma unroll
