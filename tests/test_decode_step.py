@@ -106,24 +106,31 @@ def test_kernel_cache_decode_is_sync_free(kernel_model, spec_steps):
     assert all(c.ops_per_layer(main) <= 80 for c in engine.step_counts)
 
 
-def test_decode_forward_compiles_without_graph_breaks():
+def test_decode_forwards_compile_without_graph_breaks():
     """``torch.compile(fullgraph=True)`` fails on any host sync or Python-side read of a tensor:
-    the proof that the step CUDA graphs capture needs none. Same logits as eager."""
+    the proof that the forwards CUDA graphs capture need none (the target step, the MTP catch-up
+    and a later draft step reusing the shared top-k). Same outputs as eager."""
     model = init_random_(GLM52ForCausalLM(GLM52Config.preset("tiny").replace(num_hidden_layers=2,
                                                                              first_k_dense_replace=1)), 0).eval()
     engine = Engine(model, spec_steps=0, cache_bytes=8 << 20)
     batch = prompts(model.config, (7, 12))
     engine.generate(batch, 1)  # nothing kept: build a cache state by hand
     for i, p in enumerate(batch):
-        engine.allocator.reserve(i, len(p) + 1)
+        engine.allocator.reserve(i, len(p) + 2)
     table = engine.allocator.block_table([0, 1], 2)
     positions = torch.tensor([[len(p)] for p in batch])
     ids = torch.tensor([[p[-1]] for p in batch])
-    compiled = torch.compile(engine._decode_forward, fullgraph=True, backend="eager")
-    with torch.no_grad():
-        want = engine._decode_forward(ids, positions, table)
-        got = compiled(ids, positions, table)
-    torch.testing.assert_close(got, want)
+    hidden = torch.randn(2, 1, model.config.hidden_size)
+    shared = torch.tensor([[[0, 3, 5, -1]], [[1, 2, 64, 70]]]).int()
+    cases = [(engine._decode_forward, (ids, positions, table)),
+             (engine._mtp_forward, (hidden, ids, positions, table)),
+             (engine._mtp_forward, (hidden, ids, positions + 1, table, shared))]
+    for forward, inputs in cases:
+        compiled = torch.compile(forward, fullgraph=True, backend="eager")
+        with torch.no_grad():
+            want = forward(*inputs)
+            got = compiled(*inputs)
+        torch.testing.assert_close(got, want)
 
 
 def test_paged_slots_match_the_host_lookup():

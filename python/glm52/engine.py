@@ -97,8 +97,9 @@ class Engine:
     bookkeeping, ids are not range-checked on the device, and sampling, drafting and verification
     stay on the device with their Philox ``seed``/``offset`` as device tensors (the offset advances
     on the device after every draw). ``cuda_graphs`` (default: on for CUDA) captures the decode
-    target forwards (the plain step and the verification) per (batch bucket, tokens, block-table
-    width) and replays them (:mod:`glm52.graphs`); the MTP draft forwards run eagerly.
+    target forwards (the plain step and the verification) and the MTP draft forwards (the catch-up
+    over the fresh positions and each later draft step) per (batch bucket, input shapes) and replays
+    them (:mod:`glm52.graphs`).
     ``count_step_ops = True`` records every decode step's ops and host syncs
     (:class:`glm52.counters.OpCounts`) in ``step_counts``.
     """
@@ -124,6 +125,8 @@ class Engine:
         if cuda_graphs and self.device.type != "cuda":
             raise ValueError(f"cuda_graphs needs a model on a CUDA device, got {self.device}")
         self.graphs = DecodeGraphs(self._decode_forward) if cuda_graphs else None
+        self.draft_graphs = DecodeGraphs(self._mtp_forward, pads=(0, 0, -1, -1)) if cuda_graphs else None
+        self.shared_draft_graphs = DecodeGraphs(self._mtp_forward, pads=(0, 0, -1, -1, -1)) if cuda_graphs else None
         # Philox key and stream of every draw, on the device (CUDA graphs replay the same pointers).
         self._seed = torch.zeros((), dtype=torch.int64, device=self.device)
         self._offset = torch.zeros((), dtype=torch.int64, device=self.device)
@@ -176,6 +179,20 @@ class Engine:
         hidden = self.model.hidden_states(ids, view, check_values=False)
         return hidden, self.model.lm_head(hidden)
 
+    def _mtp_forward(self, hidden: torch.Tensor, next_ids: torch.Tensor, positions: torch.Tensor, table: torch.Tensor,
+                     shared_topk: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The MTP draft forward as a function of device tensors only (captured like
+        :meth:`_decode_forward`): ``hidden [B, T, hidden]``, ``next_ids``/``positions [B, T]``,
+        ``table [B, W]``, the shared top-k ``[B, T, k]`` of later draft steps -> (MTP hidden states,
+        logits, the slots attended to)."""
+        view = CacheView.from_block_table(self.cache, table, positions, table.shape[1] * BLOCK_SIZE)
+        return self.model.mtp(hidden, next_ids, view=view, shared_topk=shared_topk, check_values=False)
+
+    def _mtp(self, *inputs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """:meth:`_mtp_forward`, replayed from CUDA graphs when they are on."""
+        graphs = self.draft_graphs if len(inputs) == 4 else self.shared_draft_graphs
+        return (graphs or self._mtp_forward)(*inputs)
+
     # ---- sampling -------------------------------------------------------------------------------
     def _probs(self, logits: torch.Tensor, sp: SamplingParams) -> torch.Tensor:
         return kernels.sampling_probs(logits.reshape(-1, logits.shape[-1]), sp.temperature, sp.top_k,
@@ -197,26 +214,24 @@ class Engine:
         n = self.spec_steps
         # Catch-up step over the fresh positions: position t pairs h_t with x_{t+1}.
         positions = [list(range(s.fresh_from, s.fresh_from + s.fresh_hidden.shape[0])) for s in seqs]
-        view = self._view(seqs, positions)
-        width = view.positions.shape[1]
+        padded, table = self._table(seqs, positions)
+        width = padded.shape[1]
         hidden = torch.zeros(len(seqs), width, self.config.hidden_size, dtype=self.dtype, device=self.device)
         next_ids = []
         for row, s in enumerate(seqs):
             hidden[row, : s.fresh_hidden.shape[0]] = s.fresh_hidden
             next_ids.append(s.tokens[s.fresh_from + 1: s.fresh_from + 1 + s.fresh_hidden.shape[0]])
-        out, logits, topk = self.model.mtp(hidden, self._ids(next_ids, width, self.device), view=view,
-                                           check_values=False)
+        out, logits, topk = self._mtp(hidden, self._ids(next_ids, width, self.device), padded, table)
         last = torch.tensor([len(p) - 1 for p in positions]).to(self.device)
         rows = torch.arange(len(seqs), device=self.device)
         h, step_logits, shared = out[rows, last][:, None], logits[rows, last], topk[rows, last][:, None]
-        if not self.config.index_share_for_mtp_iteration:
-            shared = None
         drafts, probs = [], []
         for j in range(n):
             if j:
                 pos = [[s.fresh_from + s.fresh_hidden.shape[0] - 1 + j] for s in seqs]
-                h, step_logits, _ = self.model.mtp(h, drafts[-1][:, None], view=self._view(seqs, pos),
-                                                   shared_topk=shared, check_values=False)
+                inputs = (h, drafts[-1][:, None], *self._table(seqs, pos))
+                shares = self.config.index_share_for_mtp_iteration
+                h, step_logits, _ = self._mtp(*inputs, shared) if shares else self._mtp(*inputs)
                 step_logits = step_logits[:, 0]
             token, q = self._next_tokens(step_logits, sp)
             drafts.append(token)
