@@ -61,13 +61,16 @@ def sparse_mla_prefill_model(
     contract (576-wide BF16 latents): ``q [S, H, D]``, ``kv [L, D]``, ``indices [S, k]`` (−1 ignored).
 
     The value of key ``t`` is ``kv[t, :d_v]`` (the ``c_kv`` part of ``[c_kv | k_pe]``). Returns
-    ``(out [S, H, d_v], lse [S, H])`` in fp32 accumulation, ``out`` in ``q``'s dtype.
+    ``(out [S, H, d_v], lse [S, H])`` in fp32 accumulation, ``out`` in ``q``'s dtype; a row with no
+    valid index gives zeros and −inf, as the kernels do (a context-parallel rank often holds none
+    of a query's keys).
     """
     valid = indices >= 0
     keys = kv[indices.clamp_min(0).long()].float()  # [S, k, D]
     scores = torch.einsum("shd,skd->shk", q.float(), keys) * sm_scale
     scores = scores.masked_fill(~valid[:, None, :], float("-inf"))
     lse = torch.logsumexp(scores, dim=-1)
-    out = torch.einsum("shk,skc->shc", torch.exp(scores - lse[..., None]), keys[..., :d_v])
+    probs = torch.exp(scores - lse[..., None]).nan_to_num(0.0)  # −inf − −inf: an empty row
+    out = torch.einsum("shk,skc->shc", probs, keys[..., :d_v])
     return out.to(q.dtype), lse
 
