@@ -125,11 +125,11 @@ class Engine:
         else:
             self.cache, self.allocator = cp.paged_cache(config, cache_bytes, self.dtype, self.device, cache_format)
         cuda_graphs = self.device.type == "cuda" and cp is None if cuda_graphs is None else cuda_graphs
-        if cuda_graphs and self.device.type != "cuda":
-            raise ValueError(f"cuda_graphs needs a model on a CUDA device, got {self.device}")
         if cuda_graphs and cp is not None:
             raise ValueError(f"cuda_graphs is not supported with context parallelism (cp = {cp.size}): its "
                              f"collectives are not captured; pass cuda_graphs=False")
+        if cuda_graphs and self.device.type != "cuda":
+            raise ValueError(f"cuda_graphs needs a model on a CUDA device, got {self.device}")
         self.graphs = DecodeGraphs(self._decode_forward) if cuda_graphs else None
         # Philox key and stream of every draw, on the device (CUDA graphs replay the same pointers).
         self._seed = torch.zeros((), dtype=torch.int64, device=self.device)
