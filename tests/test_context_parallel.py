@@ -6,6 +6,8 @@ blocks; bad layouts fail with clear errors."""
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 from model_testing import max_rel_err
@@ -13,6 +15,7 @@ from parallel_testing import results, spawn
 
 from glm52 import GLM52Config, GLM52ForCausalLM
 from glm52.checkpoint import init_random_, save_checkpoint
+from glm52.cli import main
 from glm52.context_parallel import ContextParallel, ContextParallelCache, StripedBlockAllocator
 from glm52.engine import Engine
 from glm52.kv_cache import BLOCK_SIZE, BlockAllocator, CacheFullError, CacheView, PagedKVCache
@@ -82,7 +85,8 @@ def _layouts_worker(rank: int, ckpt, layouts: list[dict], dtype: torch.dtype, re
         rows = list(parallel.share(ids.shape[0], handle))
         logits, mtp = _outputs(model, ids[rows])
         entry = dict(layout=layout, logits=max_rel_err(logits, ref["logits"][rows]),
-                     mtp=max_rel_err(mtp, ref["mtp"][rows]), cache=type(model.model.view(ids[rows], None).cache).__name__)
+                     mtp=max_rel_err(mtp, ref["mtp"][rows]),
+                     cache=type(model.model.view(ids[rows], None).cache).__name__)
         for n in (0, 2):
             got = _generate(model, prompts, n)
             entry[f"tokens_equal_spec{n}"] = None if got is None else got == ref["tokens"][n]
@@ -207,3 +211,26 @@ def test_cuda_graphs_are_refused_under_context_parallelism():
     model.model.context_parallel = _cp(2, 0)
     with pytest.raises(ValueError, match=r"cuda_graphs is not supported with context parallelism \(cp = 2\)"):
         Engine(model, cache_bytes=1 << 20, cuda_graphs=True)
+
+
+# ---- the command line ------------------------------------------------------------------------------------
+def _generate_args(ckpt, prompt: list[int]) -> list[str]:
+    return ["generate", "--checkpoint", str(ckpt), "--prompt-ids", ",".join(map(str, prompt)), "--prompt-ids", "7,8,9",
+            "--max-new-tokens", "4", "--temperature", "0", "--dtype", "float32", "--spec-steps", "2", "--json"]
+
+
+def test_torchrun_generate_with_cp_equals_one_process(ckpt, capsys):
+    from test_parallel_cli import torchrun
+
+    args = _generate_args(ckpt, _prompts(GLM52Config.from_pretrained(ckpt).vocab_size)[0])  # 150 tokens: 3 blocks
+    assert main(args) == 0
+    want = json.loads(capsys.readouterr().out)
+    run = torchrun(2, *args, "--tp", "2", "--cp", "2")
+    assert run.returncode == 0, run.stderr[-3000:]
+    lines = run.stdout.strip().splitlines()
+    assert len(lines) == 1 and json.loads(lines[0])["tokens"] == want["tokens"], run.stdout
+
+
+def test_generate_cp_not_dividing_tp_is_an_error(ckpt, capsys):
+    assert main([*_generate_args(ckpt, [1, 2]), "--tp", "2", "--cp", "3"]) == 2
+    assert "cp (3) must divide tp (2)" in capsys.readouterr().err
