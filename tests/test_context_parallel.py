@@ -234,3 +234,14 @@ def test_torchrun_generate_with_cp_equals_one_process(ckpt, capsys):
 def test_generate_cp_not_dividing_tp_is_an_error(ckpt, capsys):
     assert main([*_generate_args(ckpt, [1, 2]), "--tp", "2", "--cp", "3"]) == 2
     assert "cp (3) must divide tp (2)" in capsys.readouterr().err
+
+
+def test_planner_cache_per_gpu_is_one_ranks_stripe():
+    """``glm52 plan --cp``'s cache per GPU is what a cp rank's allocator takes for the sequence."""
+    from glm52.planner import plan
+
+    config, context = GLM52Config.preset("glm-5.2"), 1 << 20
+    planned = plan(config, weights="fp8", kv="fp8", context=context, tp=8, ep=8, cp=8)
+    blocks = StripedBlockAllocator(1, 0, 8).blocks_for(context)  # the most any rank holds
+    assert blocks * PagedKVCache.bytes_per_block(config, torch.bfloat16, "fp8") == planned["cache_bytes_per_gpu"]
+    assert planned["cache_tokens_per_gpu"] == context // 8
