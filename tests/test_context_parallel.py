@@ -7,6 +7,7 @@ blocks; bad layouts fail with clear errors."""
 from __future__ import annotations
 
 import json
+from unittest import mock
 
 import pytest
 import torch
@@ -116,18 +117,25 @@ def _kernel_layer_worker(rank: int, tokens: int):
     handle = init_parallel(ParallelConfig(tp=2, cp=2), timeout_s=60)
     views = [CacheView.contiguous(config, 2, tokens, torch.bfloat16, "cpu"),
              ContextParallel(handle).contiguous_view(config, 2, tokens, torch.bfloat16, "cpu")]
-    outs, chosen = [], []
+    outs, chosen, host_reads = [], [], []
+
+    def spy(name):  # Python-level host reads (tolist, item, bool, int) of the layer's forward
+        real = getattr(torch.Tensor, name)
+        return lambda self, *a, **k: host_reads.append(name) or real(self, *a, **k)
+
     with torch.no_grad():
         for view in views:
             assert view.cache.format == "bf16"
-            out, slots = attn(n, *model.model.rope(view), view, None)
+            rope = model.model.rope(view)
+            with mock.patch.multiple(torch.Tensor, **{n: spy(n) for n in ("tolist", "item", "__bool__", "__int__")}):
+                out, slots = attn(n, *rope, view, None)
             # the chosen slots as positions (−1: not here), via the view's position -> slot map
             slot_pos = torch.full((view.cache.num_slots + 1,), -1)
             held = view.context_slots >= 0
             slot_pos[view.context_slots[held].long()] = torch.arange(tokens).expand(2, -1)[held]
             outs.append(out.float())
             chosen.append(torch.where(slots >= 0, slot_pos[slots.clamp_min(0).long()], -1))
-    return max_rel_err(outs[1], outs[0]), chosen[0], chosen[1]
+    return max_rel_err(outs[1], outs[0]), chosen[0], chosen[1], host_reads
 
 
 def test_kernel_cache_formats_under_context_parallelism(tmp_path):
@@ -144,6 +152,7 @@ def test_kernel_cache_formats_under_context_parallelism(tmp_path):
     union = torch.where(mine[0] >= 0, mine[0], mine[1])  # each position is held by exactly one rank
     assert torch.equal(torch.where(mine[0] >= 0, mine[1], -1), torch.full_like(union, -1))
     assert torch.equal(union, want)  # the global selection: the same positions in the same order
+    assert [r[3] for r in reports] == [[], []]  # the merges and collectives read nothing on the host
     assert (want[:, BLOCK_SIZE:] >= 0).all()  # index_topk 8 of up to 202 keys: a full selection
 
 
