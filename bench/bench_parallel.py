@@ -5,7 +5,10 @@ Two tables. The counted one (printed, and stored in ``parallel_layer.json`` unde
 layer, counted from the shard plan (:func:`layer_bytes`): the row-parallel all-reduces of attention
 and of the dense MLP or shared expert (fp32, ring: ``2 (n-1)/n`` of the row), the expert all-reduce
 or the all-to-all dispatch and combine (``k`` rows of the hidden state, a ``(ep-1)/ep`` share
-remote, plus the 8-byte expert id on the way out) and the TP all-gather of dispatched results.
+remote, plus the 8-byte expert id on the way out) and the TP all-gather of dispatched results; with
+context parallelism (``cp``) the attention's query all-gather, partial-output all-to-all (fp32 rows
+and their lse) and, on a layer with its own indexer, the top-k candidate all-gather (int32 position
++ fp32 score per candidate), each sent ``cp - 1`` times (ring).
 ``parallel_layer``: ranks started here (gloo on CPU, NCCL on GPUs) run one MoE layer shard of a
 model preset per layout and token count; the row gives the layer's collectives alone (``time_us``),
 its expert compute alone (``compute_us``, the baseline) and the whole sharded layer (``layer_us``).
@@ -35,7 +38,7 @@ from glm52 import GLM52Config  # noqa: E402
 from glm52.parallel import ParallelConfig  # noqa: E402
 
 GLM52_LAYOUTS = [dict(tp=8), dict(tp=8, ep=8), dict(tp=4, dp=2, ep=8), dict(tp=2, dp=4, ep=8), dict(dp=8, ep=8),
-                 dict(tp=8, dp=2, ep=16)]
+                 dict(tp=8, dp=2, ep=16), dict(tp=8, ep=8, cp=8)]
 
 
 def _ring_all_reduce(n: int, row_bytes: float) -> float:
@@ -46,6 +49,11 @@ def layer_bytes(config: GLM52Config, layout: ParallelConfig, moe: bool, act_byte
     """Bytes one rank sends per token of its data-parallel group in one layer, by collective."""
     h, k, tp, ep = config.hidden_size, config.num_experts_per_tok, layout.tp, layout.ep
     out = {"attn_allreduce": _ring_all_reduce(tp, 4 * h)}
+    if layout.cp > 1:  # glm52.context_parallel: per token, this rank's heads and k candidates to each peer
+        heads, peers = config.num_attention_heads // tp, layout.cp - 1
+        out["cp_query_allgather"] = peers * heads * (config.kv_lora_rank + config.qk_rope_head_dim) * act_bytes
+        out["cp_partials_alltoall"] = peers * heads * (config.kv_lora_rank + 1) * 4
+        out["cp_topk_allgather"] = peers * config.index_topk * 8
     if not moe:
         out["mlp_allreduce"] = _ring_all_reduce(tp, 4 * h)
         return out

@@ -175,8 +175,6 @@ def test_layout_errors_name_the_field():
         ParallelConfig(tp=2, dp=2, ep=3)
     with pytest.raises(ValueError, match="ep .8. must divide the world size"):
         ParallelConfig(tp=2, dp=2, ep=8)
-    with pytest.raises(NotImplementedError, match="context parallelism"):
-        ParallelConfig(tp=2, cp=2)
     with pytest.raises(ValueError, match="cp .3. must divide tp .2."):
         ParallelConfig(tp=2, cp=3)
     with pytest.raises(ValueError, match="tp must be a positive integer"):

@@ -64,6 +64,8 @@ def _parser() -> argparse.ArgumentParser:
     g.add_argument("--tp", type=int, default=1, help="tensor-parallel ranks (launch with torchrun)")
     g.add_argument("--dp", type=int, default=1, help="attention data-parallel groups; world size = tp x dp")
     g.add_argument("--ep", type=int, default=1, help="expert-parallel ranks (1 or a multiple of tp, dividing tp x dp)")
+    g.add_argument("--cp", type=int, default=1, help="context-parallel ranks per tp group (divides --tp): the "
+                   "caches are block-striped over them")
 
     sub.add_parser("selfcheck", help="check the installed kernels (glm52_ext.selfcheck)")
     return parser

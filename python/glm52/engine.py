@@ -119,9 +119,16 @@ class Engine:
         self.eos = set(eos_token_ids)
         weight = model.model.embed_tokens.weight
         self.device, self.dtype = weight.device, weight.dtype
-        self.cache = PagedKVCache.from_budget(config, cache_bytes, self.dtype, self.device, cache_format)
-        self.allocator = BlockAllocator(self.cache.num_blocks)
-        cuda_graphs = self.device.type == "cuda" if cuda_graphs is None else cuda_graphs
+        cp = model.model.context_parallel  # this rank holds a stripe of the caches (glm52.context_parallel)
+        if cp is None:
+            self.cache = PagedKVCache.from_budget(config, cache_bytes, self.dtype, self.device, cache_format)
+            self.allocator = BlockAllocator(self.cache.num_blocks)
+        else:
+            self.cache, self.allocator = cp.paged_cache(config, cache_bytes, self.dtype, self.device, cache_format)
+        cuda_graphs = self.device.type == "cuda" and cp is None if cuda_graphs is None else cuda_graphs
+        if cuda_graphs and cp is not None:
+            raise ValueError(f"cuda_graphs is not supported with context parallelism (cp = {cp.size}): its "
+                             f"collectives are not captured; pass cuda_graphs=False")
         if cuda_graphs and self.device.type != "cuda":
             raise ValueError(f"cuda_graphs needs a model on a CUDA device, got {self.device}")
         self.graphs = DecodeGraphs(self._decode_forward) if cuda_graphs else None
@@ -287,7 +294,7 @@ class Engine:
                 raise ValueError(f"prompt {i}: {len(p)} prompt tokens + {max_new_tokens} new tokens + {self.spec_steps} "
                                  f"draft tokens = {context} positions, past max_position_embeddings = {limit}")
         free = self.allocator.num_free
-        need = sum(-(-(len(p) + 1 + self.spec_steps) // BLOCK_SIZE) for p in prompts)
+        need = sum(self.allocator.blocks_for(len(p) + 1 + self.spec_steps) for p in prompts)
         if need > free:
             raise CacheFullError(f"{len(prompts)} prompts of {sum(map(len, prompts))} tokens need {need} more blocks "
                                  f"({BLOCK_SIZE} tokens each) than the cache budget's {free} free blocks; raise cache_bytes "

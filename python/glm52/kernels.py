@@ -61,7 +61,9 @@ def sparse_mla_prefill_model(
     contract (576-wide BF16 latents): ``q [S, H, D]``, ``kv [L, D]``, ``indices [S, k]`` (−1 ignored).
 
     The value of key ``t`` is ``kv[t, :d_v]`` (the ``c_kv`` part of ``[c_kv | k_pe]``). Returns
-    ``(out [S, H, d_v], lse [S, H])`` in fp32 accumulation, ``out`` in ``q``'s dtype.
+    ``(out [S, H, d_v], lse [S, H])`` in fp32 accumulation, ``out`` in ``q``'s dtype; a row with no
+    valid index gives zeros and −inf, as the kernels do (a context-parallel rank often holds none
+    of a query's keys).
     """
     valid = indices >= 0
     s, k = indices.shape
@@ -69,6 +71,7 @@ def sparse_mla_prefill_model(
     scores = torch.bmm(q.float(), keys.transpose(1, 2)) * sm_scale  # [S, H, k]
     scores = scores.masked_fill(~valid[:, None, :], float("-inf"))
     lse = torch.logsumexp(scores, dim=-1)
-    out = torch.bmm(torch.exp(scores - lse[..., None]), keys[..., :d_v])
+    probs = torch.exp(scores - lse[..., None]).nan_to_num(0.0)  # −inf − −inf: an empty row
+    out = torch.bmm(probs, keys[..., :d_v])
     return out.to(q.dtype), lse
 

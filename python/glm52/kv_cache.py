@@ -25,7 +25,12 @@ class CacheFullError(RuntimeError):
 
 
 class BlockAllocator:
-    """A fixed pool of ``num_blocks`` blocks and the block table of each live sequence."""
+    """A fixed pool of ``num_blocks`` blocks and the block table of each live sequence.
+
+    Entry ``j`` of a table holds the sequence's positions ``64 j .. 64 j + 63``. A subclass may hold
+    only some of them (:meth:`owns`; context parallelism stripes blocks over ranks): the others
+    stay −1 in the table, so a position's entry is still ``position // 64``.
+    """
 
     def __init__(self, num_blocks: int) -> None:
         if num_blocks <= 0:
@@ -38,8 +43,16 @@ class BlockAllocator:
     def num_free(self) -> int:
         return len(self._free)
 
+    def owns(self, entry: int) -> bool:
+        """Whether table entry ``entry`` (positions ``64 entry ..``) is held by this allocator."""
+        return True
+
     def blocks_needed(self, seq_id: int, num_tokens: int) -> int:
-        return max(0, -(-num_tokens // BLOCK_SIZE) - len(self.tables.get(seq_id, ())))
+        return sum(map(self.owns, range(len(self.tables.get(seq_id, ())), -(-num_tokens // BLOCK_SIZE))))
+
+    def blocks_for(self, num_tokens: int) -> int:
+        """Blocks a new sequence of ``num_tokens`` tokens takes from the pool."""
+        return self.blocks_needed(None, num_tokens)
 
     def reserve(self, seq_id: int, num_tokens: int) -> None:
         """Grow ``seq_id``'s table to hold ``num_tokens`` tokens (all or nothing)."""
@@ -47,14 +60,16 @@ class BlockAllocator:
         if need > len(self._free):
             raise CacheFullError(f"sequence {seq_id} needs {need} more blocks for {num_tokens} tokens; {len(self._free)} free")
         table = self.tables.setdefault(seq_id, [])
-        table.extend(self._free.pop() for _ in range(need))
+        table.extend(self._free.pop() if self.owns(j) else -1 for j in range(len(table), -(-num_tokens // BLOCK_SIZE)))
 
     def truncate(self, seq_id: int, num_tokens: int) -> None:
         """Keep only the blocks ``num_tokens`` tokens need (rolled-back tokens give theirs back)."""
         table = self.tables[seq_id]
         keep = -(-num_tokens // BLOCK_SIZE)
         while len(table) > keep:
-            self._free.append(table.pop())
+            block = table.pop()
+            if block >= 0:
+                self._free.append(block)
 
     def release(self, seq_id: int) -> None:
         self.truncate(seq_id, 0)
@@ -81,12 +96,12 @@ class BlockAllocator:
         block = p // BLOCK_SIZE
         if valid.any() and int(block[valid].max()) >= len(self.tables.get(seq_id, ())):
             raise IndexError(f"sequence {seq_id}: position {int(p[valid].max())} is past its reserved blocks")
-        slot = table[block.clamp_max(table.numel() - 1)] * BLOCK_SIZE + p % BLOCK_SIZE
-        return torch.where(valid, slot, -1)
+        held = table[block.clamp_max(table.numel() - 1)]
+        return torch.where(valid & (held >= 0), held * BLOCK_SIZE + p % BLOCK_SIZE, -1)
 
     def check(self) -> None:
         """Accounting invariant: every block is either free or in exactly one table."""
-        used = [b for table in self.tables.values() for b in table]
+        used = [b for table in self.tables.values() for b in table if b >= 0]
         if sorted(used + self._free) != list(range(self.num_blocks)):
             raise AssertionError("block accounting broken: blocks lost or handed out twice")
 
@@ -119,6 +134,8 @@ class PagedKVCache:
     ``shared_storage=True`` gives all layers one buffer: enough for a single forward pass, where
     each layer is done with the cache before the next one writes it.
     """
+
+    slots_are_prefix = True  # a sequence's stored slots are a prefix of its context (not so when context-parallel)
 
     def __init__(self, config: GLM52Config, num_blocks: int, dtype: torch.dtype, device: torch.device | str,
                  format: str | None = None, shared_storage: bool = False) -> None:
@@ -166,12 +183,17 @@ class PagedKVCache:
         return BLOCK_SIZE * (config.num_layers_total * latent + indexed * key)
 
     @classmethod
-    def from_budget(cls, config: GLM52Config, budget_bytes: int, dtype: torch.dtype,
-                    device: torch.device | str, format: str | None = None) -> PagedKVCache:
+    def blocks_in_budget(cls, config: GLM52Config, budget_bytes: int, dtype: torch.dtype,
+                         format: str | None = None) -> int:
         per_block = cls.bytes_per_block(config, dtype, format)
         if budget_bytes < per_block:
             raise ValueError(f"a cache budget of {budget_bytes} bytes holds no block ({per_block} bytes each)")
-        return cls(config, budget_bytes // per_block, dtype, device, format)
+        return budget_bytes // per_block
+
+    @classmethod
+    def from_budget(cls, config: GLM52Config, budget_bytes: int, dtype: torch.dtype,
+                    device: torch.device | str, format: str | None = None) -> PagedKVCache:
+        return cls(config, cls.blocks_in_budget(config, budget_bytes, dtype, format), dtype, device, format)
 
     def write(self, layer: int, slots: torch.Tensor, latent: torch.Tensor, index_key: torch.Tensor | None,
               turn: torch.Tensor | None = None) -> None:
@@ -223,42 +245,58 @@ class PagedKVCache:
         built: the kernel formats run the fused ``indexer_topk_paged``; the model format streams
         key tiles into a running selection (:func:`streaming_topk`)."""
         if self.format != "model":
-            d = q.shape[-1]
-            q8, q_scale = kernels.quant_fp8_per_token_group(q.reshape(-1, d), d, scale_ue8m0=True)
-            w = (w * q_scale.view(w.shape) * d**-0.5).contiguous()
+            q8, w = fp8_index_query(q, w)
             lengths = (view.positions + 1).int()  # padding tokens (position −1) see nothing
-            return kernels.indexer_topk_paged(q8.view(q.shape), w, self.index_keys[layer], view.block_table, lengths, k)
+            return kernels.indexer_topk_paged(q8, w, self.index_keys[layer], view.block_table, lengths, k)
+        return self.streaming_index_topk(layer, q, w, view, k)[0]
+
+    def streaming_index_topk(self, layer: int, q: torch.Tensor, w: torch.Tensor, view: CacheView,
+                             k: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The model format's :meth:`index_topk` and the fp32 scores of the chosen positions (−inf
+        at −1): ``(int32 [B, T, k], fp32 [B, T, k])``."""
         fp8 = layer in self.index_scales
-        # Query (b, t) sees the stored positions up to its own. Stored slots are a prefix of the
-        # context (a block table lists a sequence's blocks in order), so that is a column count per
-        # query, which topk_indices takes as ``lengths``: no [queries x context] mask is built.
-        stored = (view.context_slots >= 0).sum(dim=1, keepdim=True)
-        visible = torch.minimum(view.positions + 1, stored).clamp_min(0)
+        # Query (b, t) sees the stored positions up to its own. When the stored slots are a prefix
+        # of the context (one process: a block table lists a sequence's blocks in order), that is a
+        # column count per query, which topk_indices takes as ``lengths``: no [queries x context]
+        # mask is built. A context-parallel rank's slots have holes (its peers' blocks): masked.
+        visible = view.positions + 1
+        if self.slots_are_prefix:
+            visible = torch.minimum(visible, (view.context_slots >= 0).sum(dim=1, keepdim=True))
+        visible = visible.clamp_min(0)
 
         def tile_scores(rows: slice, cols: slice) -> tuple[torch.Tensor, torch.Tensor]:
-            slots = view.context_slots[:, cols].clamp_min(0)
-            keys = self.index_keys[layer].index_select(0, slots.flatten()).view(*slots.shape, -1)
+            slots = view.context_slots[:, cols]
+            flat = slots.clamp_min(0).flatten()
+            keys = self.index_keys[layer].index_select(0, flat).view(*slots.shape, -1)
             if fp8:
-                scale = self.index_scales[layer].index_select(0, slots.flatten()).view(slots.shape)
+                scale = self.index_scales[layer].index_select(0, flat).view(slots.shape)
                 scores = indexer_scores_fp8(q[:, rows], w[:, rows], keys, scale)
             else:
                 scores = indexer_scores_exact(q[:, rows], w[:, rows], keys)
+            if not self.slots_are_prefix:
+                scores.masked_fill_((slots < 0).unsqueeze(1), float("-inf"))
             return scores, (visible[:, rows] - cols.start).clamp(0, cols.stop - cols.start)
 
         context = view.context_slots.shape[1]
-        return streaming_topk(tile_scores, q.shape[0], q.shape[1], context, k, q.device, view.last_positions)
+        return streaming_topk(tile_scores, q.shape[0], q.shape[1], context, k, q.device, view.last_positions,
+                              with_scores=True)
 
     def attend(self, layer: int, query: torch.Tensor, slots: torch.Tensor, sm_scale: float) -> torch.Tensor:
         """Sparse latent attention of ``query [B, T, H, kv_lora + rope]`` over the cached rows at
         ``slots [B, T, k]`` (−1 ignored) -> ``[B, T, H, kv_lora]`` latent outputs."""
+        return self.attend_with_lse(layer, query, slots, sm_scale)[0].to(query.dtype)
+
+    def attend_with_lse(self, layer: int, query: torch.Tensor, slots: torch.Tensor,
+                        sm_scale: float) -> tuple[torch.Tensor, torch.Tensor]:
+        """:meth:`attend` and the log-sum-exp of each row's scores (fp32 ``[B, T, H]``; −inf and zero
+        output where no slot is valid). Output dtype: BF16 for the kernel formats, ``query``'s else."""
         if self.format != "model":
-            out, _ = kernels.sparse_mla_decode(query.to(torch.bfloat16).contiguous(), self.latent[layer],
-                                               slots.int().contiguous(), sm_scale)
-            return out.to(query.dtype)
+            return kernels.sparse_mla_decode(query.to(torch.bfloat16).contiguous(), self.latent[layer],
+                                             slots.int().contiguous(), sm_scale)
         b, t = query.shape[:2]
-        out, _ = kernels.sparse_mla_prefill_model(query.flatten(0, 1), self.latent[layer].to(query.dtype),
-                                                  slots.flatten(0, 1), sm_scale, self.config.kv_lora_rank)
-        return out.view(b, t, *out.shape[1:])
+        out, lse = kernels.sparse_mla_prefill_model(query.flatten(0, 1), self.latent[layer].to(query.dtype),
+                                                    slots.flatten(0, 1), sm_scale, self.config.kv_lora_rank)
+        return out.view(b, t, *out.shape[1:]), lse.view(b, t, -1)
 
 
 # The model format's indexer scores one [B, 256, 1024] tile at a time: its [256 x heads, 1024]
@@ -267,7 +305,8 @@ QUERY_TILE, KEY_TILE = 256, 1024
 
 
 def streaming_topk(tile_scores, batch: int, queries: int, context: int, k: int, device,
-                   last_positions: tuple[int, ...] | None = None) -> torch.Tensor:
+                   last_positions: tuple[int, ...] | None = None,
+                   with_scores: bool = False) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """``topk_indices`` over ``[batch, queries, context]`` scores produced tile by tile:
     ``tile_scores(rows, cols)`` -> (fp32 scores ``[batch, len(rows), len(cols)]``, int32 lengths
     ``[batch, len(rows)]`` or None): query (b, t) sees the tile's first ``lengths[b, t]`` columns
@@ -280,9 +319,11 @@ def streaming_topk(tile_scores, batch: int, queries: int, context: int, k: int, 
     ``2k``-wide concatenation (ties to the lower column = the lower position) becomes the new
     selection. A dropped score has k better-or-earlier scores before it, so the end result equals
     the selection over the whole row. Memory: O(batch · queries · k) plus one tile. Returns int32
-    ``[batch, queries, k]``, −1 padded.
+    ``[batch, queries, k]``, −1 padded (``with_scores``: and the fp32 scores of those positions, −inf
+    at −1).
     """
     out = torch.full((batch, queries, k), -1, dtype=torch.int32, device=device)
+    out_scores = torch.full((batch, queries, k), float("-inf"), device=device) if with_scores else None
     for r0 in range(0, queries, QUERY_TILE):
         rows = slice(r0, min(r0 + QUERY_TILE, queries))
         n = rows.stop - r0
@@ -301,7 +342,17 @@ def streaming_topk(tile_scores, batch: int, queries: int, context: int, k: int, 
             best = torch.where(taken, scores.gather(1, pick.clamp_min(0)), float("-inf"))
             best_pos = torch.where(taken, positions.gather(1, pick.clamp_min(0)), -1)
         out[:, rows] = best_pos.view(batch, n, k)
-    return out
+        if with_scores:
+            out_scores[:, rows] = best.view(batch, n, k)
+    return (out, out_scores) if with_scores else out
+
+
+def fp8_index_query(q: torch.Tensor, w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Indexer queries ``q [B, T, H, D]`` and head weights ``w [B, T, H]`` as the fused FP8 ops take
+    them: e4m3 codes per (token, head) with a power-of-two scale, folded with ``D^-0.5`` into ``w``."""
+    d = q.shape[-1]
+    q8, q_scale = kernels.quant_fp8_per_token_group(q.reshape(-1, d), d, scale_ue8m0=True)
+    return q8.view(q.shape), (w * q_scale.view(w.shape) * d**-0.5).contiguous()
 
 
 def _weighted_relu_scores(q: torch.Tensor, w: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:

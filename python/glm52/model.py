@@ -75,6 +75,8 @@ class MTPLayer(DecoderLayer):
 
 
 class GLM52Model(nn.Module):
+    context_parallel = None  # a glm52.context_parallel.ContextParallel: this rank holds a stripe of the caches
+
     def __init__(self, config: GLM52Config) -> None:
         super().__init__()
         self.config = config
@@ -89,6 +91,9 @@ class GLM52Model(nn.Module):
         """``view``, or a throw-away cache for a causal prefill at positions 0..T-1."""
         if view is not None:
             return view
+        if self.context_parallel is not None:
+            return self.context_parallel.contiguous_view(self.config, *input_ids.shape, self.embed_tokens.weight.dtype,
+                                                         input_ids.device)
         return CacheView.contiguous(self.config, *input_ids.shape, self.embed_tokens.weight.dtype, input_ids.device)
 
     def rope(self, view: CacheView) -> tuple[torch.Tensor, None]:

@@ -1,7 +1,9 @@
 """Tensor, expert and attention-data parallelism over ``torch.distributed`` (DESIGN §6).
 
 World size ``N = tp × dp``; rank ``r`` is in data-parallel group ``r // tp`` with ``tp_rank = r % tp``
-(vLLM/SGLang layout). Expert-parallel groups are ``ep`` consecutive ranks (``ep_rank = r % ep``), so an
+(vLLM/SGLang layout). Context-parallel groups are ``cp`` consecutive ranks of a TP group
+(``cp_rank = tp_rank % cp``); they split the caches instead of replicating them (:mod:`glm52.context_parallel`).
+Expert-parallel groups are ``ep`` consecutive ranks (``ep_rank = r % ep``), so an
 EP group is a union of whole TP groups (``ep`` is 1 or a multiple of ``tp``) and global expert ``e``
 lives on ``ep_rank e // (E / ep)``.
 
@@ -47,7 +49,7 @@ DISPATCH_MODES = ("exact", "capacity")
 # ---- layout -------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class ParallelConfig:
-    """Sizes of the parallel layout. ``cp`` (context parallelism, dividing ``tp``) is reserved."""
+    """Sizes of the parallel layout; ``cp`` (context parallelism) divides ``tp``."""
 
     tp: int = 1
     dp: int = 1
@@ -60,10 +62,8 @@ class ParallelConfig:
             if not isinstance(v, int) or isinstance(v, bool) or v < 1:
                 raise ValueError(f"ParallelConfig.{name} must be a positive integer; got {v!r}")
         if self.tp % self.cp:
-            raise ValueError(f"ParallelConfig.cp ({self.cp}) must divide tp ({self.tp})")
-        if self.cp > 1:
-            raise NotImplementedError(f"ParallelConfig.cp = {self.cp}: context parallelism is not implemented yet "
-                                      f"(DESIGN §6); use cp = 1")
+            raise ValueError(f"ParallelConfig.cp ({self.cp}) must divide tp ({self.tp}): the caches are split over "
+                             f"the cp ranks of a tensor-parallel group")
         if self.ep > 1 and self.ep % self.tp:
             raise ValueError(f"ParallelConfig.ep ({self.ep}) must be 1 or a multiple of tp ({self.tp}): "
                              f"an expert-parallel group holds whole tensor-parallel groups")
@@ -111,6 +111,7 @@ class ParallelHandle:
     tp_group: object = None
     dp_group: object = None  # the ranks with this tp_rank, one per data-parallel group
     ep_group: object = None
+    cp_group: object = None  # cp consecutive ranks of the TP group (None when cp = 1)
 
     def __post_init__(self) -> None:
         if not 0 <= self.rank < self.config.world_size:
@@ -120,6 +121,7 @@ class ParallelHandle:
     tp_rank = property(lambda self: self.rank % self.config.tp)
     dp_rank = property(lambda self: self.rank // self.config.tp)
     ep_rank = property(lambda self: self.rank % self.config.ep)
+    cp_rank = property(lambda self: self.rank % self.config.cp)
 
     def experts(self, n_routed: int) -> tuple[int, int]:
         """(first global expert, count) held by this rank."""
@@ -129,7 +131,7 @@ class ParallelHandle:
 
 def init_parallel(config: ParallelConfig, timeout_s: float = 600.0) -> ParallelHandle:
     """Join the job torchrun started (RANK, WORLD_SIZE, MASTER_ADDR, ... from the environment),
-    create the TP, DP and EP process groups and return this rank's handle. Validates the layout
+    create the TP, DP, EP (and CP) process groups and return this rank's handle. Validates the layout
     against the world size before any group is made."""
     timeout = datetime.timedelta(seconds=timeout_s)
     if not dist.is_initialized():
@@ -144,7 +146,7 @@ def init_parallel(config: ParallelConfig, timeout_s: float = 600.0) -> ParallelH
     config.check_world(dist.get_world_size())
     rank = dist.get_rank()
     handle = ParallelHandle(config, rank)
-    n, tp, ep = config.world_size, config.tp, config.ep
+    n, tp, ep, cp = config.world_size, config.tp, config.ep, config.cp
     # new_group is collective: every rank creates every group, in the same order.
     for first in range(0, n, tp):
         g = dist.new_group(list(range(first, first + tp)), timeout=timeout)
@@ -158,12 +160,17 @@ def init_parallel(config: ParallelConfig, timeout_s: float = 600.0) -> ParallelH
         g = dist.new_group(list(range(first, first + ep)), timeout=timeout)
         if rank in range(first, first + ep):
             handle.ep_group = g
+    if cp > 1:
+        for first in range(0, n, cp):
+            g = dist.new_group(list(range(first, first + cp)), timeout=timeout)
+            if rank in range(first, first + cp):
+                handle.cp_group = g
     return handle
 
 
 def from_cli(args) -> ParallelHandle | None:
-    """The handle for ``glm52 generate --tp/--dp/--ep`` (None for one process outside torchrun)."""
-    config = ParallelConfig(tp=args.tp, dp=args.dp, ep=args.ep)
+    """The handle for ``glm52 generate --tp/--dp/--ep/--cp`` (None for one process outside torchrun)."""
+    config = ParallelConfig(tp=args.tp, dp=args.dp, ep=args.ep, cp=args.cp)
     if config.world_size == 1 and int(os.environ.get("WORLD_SIZE", "1")) == 1:
         return None
     return init_parallel(config)
@@ -523,6 +530,10 @@ def build_parallel_model(config: GLM52Config, handle: ParallelHandle):
         rows = c.vocab_size // tp
         model.model.embed_tokens = _shard(VocabParallelEmbedding(rows, c.hidden_size, t * rows, handle), 0, t, tp)
         model.lm_head = _shard(VocabParallelLMHead(c.hidden_size, rows, handle), 0, t, tp)
+    if pc.cp > 1:
+        from .context_parallel import ContextParallel
+
+        model.model.context_parallel = ContextParallel(handle)
     if c.fp8_compute == "fp8":
         for module in model.modules():
             if isinstance(module, Linear):
