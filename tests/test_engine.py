@@ -142,7 +142,8 @@ def test_block_allocator_accounting():
 
 @pytest.mark.parametrize("kwargs,message", [
     ({"max_new_tokens": 0}, "max_new_tokens"),
-    ({"prompts": [[]]}, "non-empty"),
+    ({"prompts": [[]]}, "prompt 0 is empty"),
+    ({"prompts": []}, "non-empty"),
     ({"prompts": [[10**6]]}, "outside"),
 ])
 def test_bad_requests_are_rejected(kwargs, message):

@@ -261,6 +261,8 @@ def get_paged_mqa_logits_metadata(
         raise ValueError(f"{fn}: argument 'indices' (the varlen layout) is an SM100 feature and is not supported")
     if block_kv != _BLOCK_KV:
         raise ValueError(f"{fn}: argument 'block_kv' must be {_BLOCK_KV}, got {block_kv}")
+    if num_sms < 1:
+        raise ValueError(f"{fn}: argument 'num_sms' must be >= 1, got {num_sms}")
     if context_lens.dim() not in (1, 2) or context_lens.dtype != torch.int32:
         raise ValueError(f"{fn}: argument 'context_lens' must be int32 [B] or [B, next_n], got "
                          f"{context_lens.dtype} {list(context_lens.shape)}")
@@ -281,7 +283,8 @@ def get_paged_mqa_logits_metadata(
     atom = torch.where(own > 0, offset // own.clamp_min(1), 0)
     split = torch.where(own > 0, offset % own.clamp_min(1), 0)
     rows = torch.stack([seq * atoms + atom, split], dim=1)
-    last = torch.tensor([[lens.numel() * atoms, 0]], device=lens.device)
+    last = torch.zeros(1, 2, dtype=torch.long, device=lens.device)
+    last[0, 0] = lens.numel() * atoms  # a fill: no host-to-device copy that would sync the stream
     return torch.cat([rows, last]).to(torch.int32)
 
 

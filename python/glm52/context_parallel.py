@@ -114,6 +114,8 @@ class StripedBlockAllocator(BlockAllocator):
 
     def reserve(self, seq_id: int, num_tokens: int) -> None:
         have, total = len(self.tables.get(seq_id, ())), -(-num_tokens // BLOCK_SIZE)
+        if total <= have:  # nothing new (most decode steps): skip the per-stripe usage sums
+            return super().reserve(seq_id, num_tokens)
         for stripe in range(self.cp):
             need = _stripe_count(stripe, self.cp, total) - _stripe_count(stripe, self.cp, have)
             free = self.num_blocks - self._held(stripe)
@@ -167,7 +169,7 @@ class ContextParallel:
                           + torch.arange(mine.numel(), device=device)).int()
         positions = torch.arange(tokens, device=device).expand(batch, tokens)
         slots = paged_slots(table, positions)
-        return CacheView(cache, positions, slots, slots.int(), table)
+        return CacheView(cache, positions, slots, slots.int(), table, tuple(range(tokens)))
 
 
 class ContextParallelCache(PagedKVCache):

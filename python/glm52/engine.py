@@ -80,6 +80,7 @@ class _Sequence:
     fresh_hidden: torch.Tensor | None = None  # target hidden states of positions the MTP has not seen
     fresh_from: int = 0  # position of fresh_hidden[0]
     done: bool = False
+    eos_checked: int = 0  # generated tokens already scanned for an end-of-sequence id
 
     @property
     def generated(self) -> list[int]:
@@ -114,7 +115,8 @@ class Engine:
             raise ValueError(f"prefill_chunk_tokens must be >= 1, got {prefill_chunk_tokens}")
         self.prefill_chunk_tokens = prefill_chunk_tokens
         if spec_steps and config.num_nextn_predict_layers < 1:
-            raise ValueError("spec_steps > 0 needs an MTP layer (num_nextn_predict_layers >= 1)")
+            raise ValueError(f"spec_steps = {spec_steps} needs an MTP layer, but the model has "
+                             f"num_nextn_predict_layers = {config.num_nextn_predict_layers}")
         self.model, self.config, self.spec_steps = model, config, spec_steps
         self.eos = set(eos_token_ids)
         weight = model.model.embed_tokens.weight
@@ -125,10 +127,16 @@ class Engine:
             self.allocator = BlockAllocator(self.cache.num_blocks)
         else:
             self.cache, self.allocator = cp.paged_cache(config, cache_bytes, self.dtype, self.device, cache_format)
-        cuda_graphs = self.device.type == "cuda" and cp is None if cuda_graphs is None else cuda_graphs
-        if cuda_graphs and cp is not None:
-            raise ValueError(f"cuda_graphs is not supported with context parallelism (cp = {cp.size}): its "
-                             f"collectives are not captured; pass cuda_graphs=False")
+        handle = getattr(model, "parallel", None)
+        # Uncaptured collectives: context parallelism's, and the exact EP dispatch's (a host read of
+        # the peers' counts); a graph replayed on one DP group would also desynchronize its peers.
+        uncaptured = ("context parallelism" if cp is not None else
+                      "expert dispatch across DP groups" if handle is not None and handle.config.moe_mode == "dispatch"
+                      else None)
+        cuda_graphs = self.device.type == "cuda" and uncaptured is None if cuda_graphs is None else cuda_graphs
+        if cuda_graphs and uncaptured is not None:
+            raise ValueError(f"cuda_graphs=True is not supported with {uncaptured}: its collectives are not "
+                             f"captured; pass cuda_graphs=False")
         if cuda_graphs and self.device.type != "cuda":
             raise ValueError(f"cuda_graphs needs a model on a CUDA device, got {self.device}")
         self.graphs = DecodeGraphs(self._decode_forward) if cuda_graphs else None
@@ -152,19 +160,25 @@ class Engine:
             padded[row, : len(pos)] = torch.tensor(pos)
         blocks = max(len(self.allocator.tables[s.seq_id]) for s in seqs)
         table = self.allocator.block_table([s.seq_id for s in seqs], 1 << (blocks - 1).bit_length())
-        return padded.to(self.device), table.to(self.device)
+        return self._upload(padded), self._upload(table)
+
+    def _upload(self, host: torch.Tensor) -> torch.Tensor:
+        """A host-built tensor on the model's device. On CUDA through pinned memory without blocking:
+        a pageable copy would synchronize the stream (a hidden host sync per step)."""
+        if self.device.type != "cuda":
+            return host.to(self.device)
+        return host.pin_memory().to(self.device, non_blocking=True)
 
     def _view(self, seqs: list[_Sequence], positions: list[list[int]]) -> CacheView:
         padded, table = self._table(seqs, positions)
         last = tuple(max(p[t] for p in positions if t < len(p)) for t in range(padded.shape[1]))
         return CacheView.from_block_table(self.cache, table, padded, table.shape[1] * BLOCK_SIZE, last)
 
-    @staticmethod
-    def _ids(rows: list[list[int]], width: int, device: torch.device) -> torch.Tensor:
+    def _ids(self, rows: list[list[int]], width: int) -> torch.Tensor:
         out = torch.zeros(len(rows), width, dtype=torch.int64)
         for i, row in enumerate(rows):
             out[i, : len(row)] = torch.tensor(row)
-        return out.to(device)
+        return self._upload(out)
 
     def _target(self, seqs: list[_Sequence], start: list[int], new: list[list[int]] | torch.Tensor,
                 decode: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
@@ -173,7 +187,7 @@ class Engine:
         forward (the plain step, the verification), replayed from CUDA graphs when they are on."""
         lengths = [len(n) for n in new] if isinstance(new, list) else [new.shape[1]] * len(seqs)
         positions, table = self._table(seqs, [list(range(s, s + n)) for s, n in zip(start, lengths)])
-        ids = self._ids(new, positions.shape[1], self.device) if isinstance(new, list) else new
+        ids = self._ids(new, positions.shape[1]) if isinstance(new, list) else new
         forward = self.graphs if decode and self.graphs is not None else self._decode_forward
         return forward(ids, positions, table)
 
@@ -228,8 +242,8 @@ class Engine:
         for row, s in enumerate(seqs):
             hidden[row, : s.fresh_hidden.shape[0]] = s.fresh_hidden
             next_ids.append(s.tokens[s.fresh_from + 1: s.fresh_from + 1 + s.fresh_hidden.shape[0]])
-        out, logits, topk = self._mtp(hidden, self._ids(next_ids, width, self.device), padded, table)
-        last = torch.tensor([len(p) - 1 for p in positions]).to(self.device)
+        out, logits, topk = self._mtp(hidden, self._ids(next_ids, width), padded, table)
+        last = (padded >= 0).sum(dim=1) - 1  # each row's last fresh position, on the device
         rows = torch.arange(len(seqs), device=self.device)
         h, step_logits, shared = out[rows, last][:, None], logits[rows, last], topk[rows, last][:, None]
         drafts, probs = [], []
@@ -253,12 +267,15 @@ class Engine:
         sp = sampling or SamplingParams(temperature=0.0)
         if max_new_tokens < 1:
             raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
-        if not prompts or any(len(p) == 0 for p in prompts):
-            raise ValueError("prompts must be a non-empty list of non-empty token lists")
+        if not prompts:
+            raise ValueError("prompts must be a non-empty list of non-empty token lists, got an empty list")
         vocab = self.config.vocab_size
         for i, p in enumerate(prompts):
-            if min(p) < 0 or max(p) >= vocab:
-                raise ValueError(f"prompt {i} has token ids outside [0, {vocab})")
+            if len(p) == 0:
+                raise ValueError(f"prompt {i} is empty: every prompt needs at least one token")
+            bad = next((t for t in p if not 0 <= t < vocab), None)
+            if bad is not None:
+                raise ValueError(f"prompt {i} has token id {bad} outside [0, {vocab}) (vocab_size)")
         self._check_fits(prompts, max_new_tokens)
         self._seed.fill_(sp.seed)
         self._offset.zero_()
@@ -304,20 +321,20 @@ class Engine:
         """Target forward over the prompts in chunks against the cached prefix (module docstring);
         samples each sequence's first token from its last prompt position."""
         chunk = self.prefill_chunk_tokens
-        last_hidden: list[torch.Tensor | None] = [None] * len(seqs)
+        # Each sequence's last prompt hidden state, copied out (a view would keep its chunk's activations alive).
+        last = torch.empty(len(seqs), self.config.hidden_size, dtype=self.dtype, device=self.device)
         for c0 in range(0, max(s.prompt_len for s in seqs), chunk):
             rows = [i for i, s in enumerate(seqs) if s.prompt_len > c0]
             part = [seqs[i] for i in rows]
             new = [s.tokens[c0: min(c0 + chunk, s.prompt_len)] for s in part]
             view = self._view(part, [list(range(c0, c0 + len(n))) for n in new])
-            hidden = self.model.hidden_states(self._ids(new, view.positions.shape[1], self.device), view,
+            hidden = self.model.hidden_states(self._ids(new, view.positions.shape[1]), view,
                                               check_values=False)
             for j, (i, s) in enumerate(zip(rows, part)):
                 if c0 + len(new[j]) == s.prompt_len:
-                    last_hidden[i] = hidden[j, len(new[j]) - 1]
+                    last[i] = hidden[j, len(new[j]) - 1]
             if self.spec_steps:
                 self._mtp_catch_up(part, c0, hidden, [len(n) for n in new])
-        last = torch.stack(last_hidden)
         first, _ = self._next_tokens(self.model.lm_head(last), sp)
         for row, (s, token) in enumerate(zip(seqs, first.tolist())):
             s.tokens.append(token)
@@ -335,7 +352,7 @@ class Engine:
         width = view.positions.shape[1]
         h = hidden[rows, :width]
         next_ids = [s.tokens[start + 1: start + 1 + usable[i]] for i, s in zip(rows, part)]
-        self.model.mtp(h, self._ids(next_ids, width, self.device), view=view, check_values=False)
+        self.model.mtp(h, self._ids(next_ids, width), view=view, check_values=False)
 
     def _counted_step(self, seqs: list[_Sequence], sp: SamplingParams) -> list[int]:
         if not self.count_step_ops:
@@ -357,7 +374,7 @@ class Engine:
                 self.allocator.truncate(s.seq_id, len(s.tokens))
             return [1] * len(seqs)
         drafts, draft_probs = self._draft(seqs, sp)
-        last = self._ids([[s.tokens[-1]] for s in seqs], 1, self.device)
+        last = self._ids([[s.tokens[-1]] for s in seqs], 1)
         hidden, logits = self._target(seqs, [n - 1 for n in lengths], torch.cat((last, drafts), dim=1), decode=True)
         if sp.temperature == 0:
             tokens, counts = kernels.spec_verify_greedy(drafts, logits)
@@ -378,10 +395,12 @@ class Engine:
         return out
 
     def _finish_if_done(self, s: _Sequence, max_new_tokens: int) -> None:
-        generated = s.generated
-        hit_eos = next((i for i, t in enumerate(generated) if t in self.eos), None)
-        if hit_eos is not None:
-            s.tokens = s.tokens[: s.prompt_len + hit_eos + 1]
-        if hit_eos is not None or len(generated) >= max_new_tokens:
+        # Only the tokens emitted since the last check are scanned (a whole scan per step is quadratic).
+        start = s.prompt_len + s.eos_checked
+        hit = next((i for i in range(start, len(s.tokens)) if s.tokens[i] in self.eos), None)
+        s.eos_checked = len(s.tokens) - s.prompt_len
+        if hit is not None:
+            s.tokens = s.tokens[: hit + 1]
+        if hit is not None or len(s.tokens) - s.prompt_len >= max_new_tokens:
             s.done = True
             self.allocator.release(s.seq_id)

@@ -6,8 +6,10 @@ host: the target forward of ``ids``/``positions [B, T]`` and the block table ``[
 hidden states and, for later draft steps, the shared top-k (:meth:`glm52.engine.Engine._mtp_forward`).
 Each is captured once per (batch bucket, input shapes) and replayed with new inputs copied into
 the captured buffers. Batches are padded up to a power of two with padding rows (position −1,
-block table −1, top-k −1): they store nothing in the cache, and every op is row-wise, so they
-never touch the real rows.
+block table −1, top-k −1): they store nothing in the cache and every op is row-wise, so they
+never change the real rows. They are not free: the MoE routes them like any token (id 0), so
+they take grouped-GEMM rows (and, under expert dispatch, which the engine does not capture,
+capacity).
 
 Written for CUDA and never run on a GPU in this repository's CI (no GPU there); on the CPU the
 same forward is proved capture-safe by ``torch.compile(fullgraph=True)`` (tests/test_decode_step.py).

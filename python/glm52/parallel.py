@@ -29,10 +29,10 @@ serve the rows of a peer that is at another layer.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import math
 import os
-from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
@@ -47,7 +47,7 @@ DISPATCH_MODES = ("exact", "capacity")
 
 
 # ---- layout -------------------------------------------------------------------------------------
-@dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True)
 class ParallelConfig:
     """Sizes of the parallel layout; ``cp`` (context parallelism) divides ``tp``."""
 
@@ -101,7 +101,7 @@ class ParallelConfig:
                 raise ValueError(f"{name} ({size}) is not divisible by {by} ({parts})")
 
 
-@dataclass
+@dataclasses.dataclass
 class ParallelHandle:
     """One rank's place in the layout, and its process groups (None when built without
     ``torch.distributed``, e.g. to size a shard on the meta device)."""
@@ -218,7 +218,7 @@ def _all_to_all(rows: torch.Tensor, out_rows: int, send: list[int] | None, recv:
 
 
 # ---- shard modules --------------------------------------------------------------------------------
-@dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True)
 class ShardSlice:
     """Which slice of a checkpoint tensor a module's weight is: part ``index`` of ``parts`` along
     ``dim`` (of the per-expert ``[out, in]`` tensor), in whole units of ``unit`` rows/columns."""
@@ -319,6 +319,9 @@ class ParallelMoE(MoE):
         # dispatch: each TP rank sends a slice of the group's tokens; the group gathers them back.
         t, tp = flat.shape[0], pc.tp
         chunk = -(-t // tp)
+        if self.dispatch == "capacity" and chunk > self.capacity:  # same verdict on every TP rank
+            raise ValueError(f"capacity dispatch: {chunk} tokens per rank exceed the capacity ({self.capacity} "
+                             f"tokens per rank) given to set_dispatch")
         rows = slice(min(self.handle.tp_rank * chunk, t), min((self.handle.tp_rank + 1) * chunk, t))
         routed = dispatch_combine(self, flat[rows], weights[rows], ids[rows])
         if tp > 1:
@@ -388,11 +391,13 @@ def dispatch_combine(moe: ParallelMoE, x: torch.Tensor, weights: torch.Tensor, i
     payload = _pack(pair_x, ids.flatten())
     if moe.dispatch == "exact":
         order = torch.argsort(dest, stable=True)
-        counts = torch.bincount(dest, minlength=pc.ep)
+        # scatter_add, not bincount: bincount reads the value range on the host.
+        counts = torch.zeros(pc.ep, dtype=torch.long, device=x.device).scatter_add_(0, dest, torch.ones_like(dest))
         header = _exchange_header(handle, 1, moe.index, 0, counts, x.device)
-        head = header.tolist()  # the one host read of this mode
+        flat_head = torch.cat((header.flatten(), counts)).tolist()  # the one host read of this mode
+        head = [flat_head[i: i + header.shape[1]] for i in range(0, header.numel(), header.shape[1])]
         _check_modes(head, "exact")
-        send, recv = counts.tolist(), [r[_ROWS] for r in head]
+        send, recv = flat_head[header.numel():], [r[_ROWS] for r in head]
         got = _all_to_all(payload[order], sum(recv), send, recv, handle.ep_group)
         y = _serve(moe.registry, got, x, [r[_LAYER] if r[_ACTIVE] else moe.index for r in head], recv)
         back = _all_to_all(_bytes(y), t * k, recv, send, handle.ep_group)
@@ -424,7 +429,7 @@ def _check_modes(head: list[list[int]], mode: str) -> None:
 
 
 def _capacity_rows(moe: ParallelMoE, t: int, k: int, per: int) -> int:
-    if t > moe.capacity:
+    if t > moe.capacity:  # ParallelMoE.forward checks the TP-shared chunk first; direct callers land here
         raise ValueError(f"capacity dispatch: {t} tokens on this rank exceed the capacity ({moe.capacity} tokens "
                          f"per rank) given to set_dispatch")
     return moe.capacity * min(k, per)  # a token sends at most min(k, experts per rank) rows to one peer
@@ -567,6 +572,9 @@ def model_bytes_as_loaded(model: nn.Module, weights: str) -> int:
 
 
 # ---- SPMD generation -----------------------------------------------------------------------------------
+_GOLDEN_64 = 0x9E3779B97F4A7C15  # odd 64-bit constant: spreads data-parallel groups' Philox keys apart
+
+
 def share(n: int, handle: ParallelHandle) -> range:
     """The requests (of ``n``) this rank's data-parallel group serves: a contiguous, balanced slice."""
     dp = handle.config.dp
@@ -576,25 +584,35 @@ def share(n: int, handle: ParallelHandle) -> range:
 def generate(engine, prompts: list[list[int]], max_new_tokens: int, sampling=None):
     """:meth:`glm52.engine.Engine.generate` on every rank of the job: each data-parallel group
     generates for its share of ``prompts``; rank 0 returns every request's result in request order
-    (other ranks return None). Single-process models pass straight through."""
+    (other ranks return None). Single-process models pass straight through.
+
+    Each data-parallel group samples from its own Philox key (``sampling.seed`` mixed with the
+    group's index), so no two groups draw the same random numbers; greedy output equals one
+    process's, sampled output is a different (equally distributed) draw. An error on any rank is
+    raised on every rank, as a ``ValueError`` (bad input), ``CacheFullError`` or ``RuntimeError``."""
     from .engine import GenerationResult
+    from .kv_cache import CacheFullError
 
     handle = getattr(engine.model, "parallel", None)
     if handle is None or handle.world_size == 1:
         return engine.generate(prompts, max_new_tokens, sampling)
+    if sampling is not None and handle.dp_rank:
+        sampling = dataclasses.replace(sampling, seed=(sampling.seed + handle.dp_rank * _GOLDEN_64) % (1 << 63))
     mine = share(len(prompts), handle)
     error = None
     try:
         result = engine.generate([prompts[i] for i in mine], max_new_tokens, sampling) if len(mine) else None
     except Exception as e:  # every rank must still reach the collectives below, or its peers hang
-        result, error = None, (isinstance(e, ValueError), f"rank {handle.rank}: {type(e).__name__}: {e}")
+        kind = "value" if isinstance(e, ValueError) else "cache" if isinstance(e, CacheFullError) else "runtime"
+        result, error = None, (kind, f"rank {handle.rank}: {type(e).__name__}: {e}")
     serve_experts(engine.model)
     gathered = [None] * handle.world_size
     dist.all_gather_object(gathered, (handle.dp_rank, handle.tp_rank, result, error))
     errors = [e for *_, e in gathered if e]
-    if errors:  # the same error on every rank
-        raise (ValueError if any(bad_input for bad_input, _ in errors) else RuntimeError)(
-            "; ".join(message for _, message in errors))
+    if errors:  # the same error on every rank: bad input first, then a full cache
+        kinds = {kind for kind, _ in errors}
+        cls = ValueError if "value" in kinds else CacheFullError if kinds == {"cache"} else RuntimeError
+        raise cls("; ".join(message for _, message in errors))
     if handle.rank:
         return None
     parts = [r for dp_rank, tp_rank, r, _ in sorted(gathered, key=lambda g: g[0]) if tp_rank == 0 and r is not None]
