@@ -391,7 +391,8 @@ def fp8_moe_experts(
     if tokens <= MASKED_LAYOUT_MAX_TOKENS:
         # Decode: the masked layout, E x T rows of which the GEMMs compute only the routed ones.
         a, a_scale, masked_m, row_map = moe_permute_masked(xq, x_scale, ids, num_experts)
-        expected_m = max(1, tokens * ids.shape[1] // max(num_experts, 1))
+        # Rows per expert: at most T (one per token), T * top_k / E on average (the GEMM tile hint).
+        expected_m = max(1, min(tokens, tokens * ids.shape[1] // max(num_experts, 1)))
         h = fp8_grouped_gemm_masked(a, a_scale, w13, w13_scale, masked_m, expected_m)
         hq, h_scale = silu_and_mul_quant_fp8(h.view(num_experts * tokens, -1))
         y = fp8_grouped_gemm_masked(hq.view(num_experts, tokens, -1), h_scale.view(num_experts, tokens, -1), w2,

@@ -98,14 +98,14 @@ __global__ void grouped_gemm_problems_kernel(GroupedGemmArgs a, GroupArrays g) {
 }  // namespace
 
 int64_t grouped_gemm_cutlass_workspace_bytes(GroupedGemmTile tile, int64_t groups, int sm_count) {
-  return tile == GroupedGemmTile::kM64 ? cutlass_workspace_bytes<GroupedGemmTile::kM64>(groups, sm_count)
-                                       : cutlass_workspace_bytes<GroupedGemmTile::kM128>(groups, sm_count);
+  return tile == GroupedGemmTile::kM64 ? sm90::cutlass_workspace_bytes<GroupedGemmTile::kM64>(groups, sm_count)
+                                       : sm90::cutlass_workspace_bytes<GroupedGemmTile::kM128>(groups, sm_count);
 }
 
 cudaError_t launch_fp8_grouped_gemm(const GroupedGemmArgs& a, cudaStream_t stream) {
   if (a.groups == 0 || a.m == 0 || a.n == 0) return cudaSuccess;
   if (a.k == 0) return cudaErrorInvalidValue;  // no K block: the caller writes the zeros itself
-  GroupArrays g;
+  sm90::GroupArrays g;
   carve(static_cast<char*>(a.workspace), a.groups, &g);
   const unsigned group_blocks = static_cast<unsigned>(ceil_div(a.groups, 128));
   if (a.layout == GroupedLayout::kContiguous) {
@@ -119,8 +119,8 @@ cudaError_t launch_fp8_grouped_gemm(const GroupedGemmArgs& a, cudaStream_t strea
   const auto arrays_end = static_cast<int64_t>(reinterpret_cast<uintptr_t>(a.workspace)) + grouped_gemm_arrays_bytes(a.groups);
   void* cutlass_workspace = reinterpret_cast<void*>(static_cast<uintptr_t>(round_up(arrays_end, kCutlassAlignment)));
   return a.tile == GroupedGemmTile::kM64
-             ? run_grouped_gemm<GroupedGemmTile::kM64>(g, a.groups, a.sm_count, cutlass_workspace, stream)
-             : run_grouped_gemm<GroupedGemmTile::kM128>(g, a.groups, a.sm_count, cutlass_workspace, stream);
+             ? sm90::run_grouped_gemm<GroupedGemmTile::kM64>(g, a.groups, a.sm_count, cutlass_workspace, stream)
+             : sm90::run_grouped_gemm<GroupedGemmTile::kM128>(g, a.groups, a.sm_count, cutlass_workspace, stream);
 }
 
 }  // namespace glm52::moe
