@@ -159,9 +159,11 @@ def sweep_masked(args, shapes, eps, masked, peak, copy_gbs):
     return rows_out
 
 
-def sweep_masked_tiles(args, shapes, eps, tile_m):
-    """The masked GEMM at m rows per expert: the tile expected_m = m selects vs the 128-row tile."""
+def sweep_masked_tiles(args, shapes, eps, tile_m, copy_gbs):
+    """The masked GEMM at m rows per expert: the tile expected_m = m selects against the 128-row
+    tile (the baseline, forced by expected_m = 128) on the same inputs."""
     rows_out = []
+    tile_name = (lambda m: ops.grouped_gemm_config(m)) if args.device == "cuda" else (lambda m: "cpu (no tiles)")
     for name, (n, k) in shapes.items():
         for ep in eps:
             experts = 256 // ep
@@ -172,19 +174,14 @@ def sweep_masked_tiles(args, shapes, eps, tile_m):
                 for _ in range(rotation_count(experts * (m * k + n * k), args.device)):
                     a, a_scale, b, b_scale = fp8_operands(experts * m, experts, n, k, args.device)
                     pool.append((a.view(experts, m, k), a_scale.view(experts, m, k // 128), b, b_scale))
-                times = {}
-                for expected_m in (m, LARGE_TILE_EXPECTED_M):
-                    times[expected_m] = time_ms(lambda i: ops.fp8_grouped_gemm_masked(*pool[i], counts, expected_m),
-                                                args.device, args.iters, args.warmup, len(pool))
-                small, large = times[m], times[LARGE_TILE_EXPECTED_M]
-                on_cuda = args.device == "cuda"
-                rows_out.append({
-                    "shape": f"{name} {n}x{k}", "experts": experts, "m": m,
-                    "tile": ops.grouped_gemm_config(m) if on_cuda else "cpu (no tiles)",
-                    "time_us": 1e3 * small,
-                    "tile_128": ops.grouped_gemm_config(LARGE_TILE_EXPECTED_M) if on_cuda else "cpu (no tiles)",
-                    "time_128_us": 1e3 * large, "speedup": large / small,
-                    "weight_GB/s": experts * n * k / small / 1e6})
+                ours, large = (time_ms(lambda i: ops.fp8_grouped_gemm_masked(*pool[i], counts, hint), args.device,
+                                       args.iters, args.warmup, len(pool))
+                               for hint in (m, LARGE_TILE_EXPECTED_M))
+                gbs = experts * n * k / ours / 1e6
+                rows_out.append({"shape": f"{name} {n}x{k}", "experts": experts, "m": m, "tile": tile_name(m),
+                                 "time_us": 1e3 * ours, "weight_GB/s": gbs, "frac_of_copy": gbs / copy_gbs,
+                                 "baseline": tile_name(LARGE_TILE_EXPECTED_M), "baseline_us": 1e3 * large,
+                                 "speedup": large / ours})
     return rows_out
 
 
@@ -259,7 +256,7 @@ def main(argv=None) -> int:
     rows += sweep_dense(args, QUICK["dense"] if args.quick else DENSE_SHAPES, peak, copy_gbs, baseline)
     meta = {**environment(args.device), "copy_ceiling_GBps": copy_gbs, "fp8_peak_TFLOPS": peak}
     report("moe_gemm", rows, meta, args.out)
-    tiles = sweep_masked_tiles(args, shapes, eps, QUICK["tile_m"] if args.quick else TILE_M)
+    tiles = sweep_masked_tiles(args, shapes, eps, QUICK["tile_m"] if args.quick else TILE_M, copy_gbs)
     report("moe_masked_tiles", tiles, meta, args.out)
     helpers = sweep_helpers(args, QUICK["tokens"] if args.quick else HELPER_TOKENS, QUICK["experts"] if args.quick else 256,
                             copy_gbs)
