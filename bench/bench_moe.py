@@ -9,6 +9,10 @@ speedup over the baseline: ``torch._scaled_mm`` per expert in a loop on CUDA (bl
 this torch/cuBLAS supports it, else per-tensor scaled: named in the row), the plain-PyTorch
 reference on the CPU.
 
+Tiles (``moe_masked_tiles``): the masked decode GEMM at M = 1, 8, 64 rows per expert with the
+64-row tile its ``expected_m`` selects against the 128-row tile forced by ``expected_m = 128``
+(same kernel code either way on the CPU: there the table only checks the path runs).
+
 Helpers (``moe_helpers``): routing, permute, unpermute and SwiGLU+quant, memory-bound: GB/s
 against the copy ceiling, speedup over the reference.
 
@@ -41,11 +45,14 @@ EP_DEGREES = (1, 8, 32)
 TOKENS_PER_EXPERT = (1, 8, 64, 256, 1024, 4096, 8192)
 MAX_ROWS = 1 << 16  # routed rows per rank in one call (64K: 8K tokens x top-8 at EP 1)
 MASKED_M = (1, 8, 32, 64, 128)
+TILE_M = (1, 8, 64)  # decode rows per expert: the 64-row tile against the 128-row one
+LARGE_TILE_EXPECTED_M = 128  # an expected_m that selects the 128-row tile
 DENSE_SHAPES = [(m, n, k) for m in (128, 1024, 8192) for (n, k) in ((16384, 2048), (6144, 16384), (4096, 6144))]
 HELPER_TOKENS = (1, 64, 4096, 16384)
 
 QUICK_EXPERT_SHAPES = {"tiny": (256, 256)}
-QUICK = {"eps": (64,), "tpe": (1, 8), "masked": (4,), "dense": [(16, 256, 256)], "tokens": (8,), "experts": 8}
+QUICK = {"eps": (64,), "tpe": (1, 8), "masked": (4,), "tile_m": (1, 8), "dense": [(16, 256, 256)], "tokens": (8,),
+         "experts": 8}
 
 
 def fp8_operands(rows, experts, n, k, device, dense=False):
@@ -152,6 +159,32 @@ def sweep_masked(args, shapes, eps, masked, peak, copy_gbs):
     return rows_out
 
 
+def sweep_masked_tiles(args, shapes, eps, tile_m, copy_gbs):
+    """The masked GEMM at m rows per expert: the tile expected_m = m selects against the 128-row
+    tile (the baseline, forced by expected_m = 128) on the same inputs."""
+    rows_out = []
+    tile_name = (lambda m: ops.grouped_gemm_config(m)) if args.device == "cuda" else (lambda m: "cpu (no tiles)")
+    for name, (n, k) in shapes.items():
+        for ep in eps:
+            experts = 256 // ep
+            for m in tile_m:
+                progress(f"masked tiles {name} E={experts} m={m}")
+                counts = torch.full((experts,), m, dtype=torch.int32, device=args.device)
+                pool = []
+                for _ in range(rotation_count(experts * (m * k + n * k), args.device)):
+                    a, a_scale, b, b_scale = fp8_operands(experts * m, experts, n, k, args.device)
+                    pool.append((a.view(experts, m, k), a_scale.view(experts, m, k // 128), b, b_scale))
+                ours, large = (time_ms(lambda i: ops.fp8_grouped_gemm_masked(*pool[i], counts, hint), args.device,
+                                       args.iters, args.warmup, len(pool))
+                               for hint in (m, LARGE_TILE_EXPECTED_M))
+                gbs = experts * n * k / ours / 1e6
+                rows_out.append({"shape": f"{name} {n}x{k}", "experts": experts, "m": m, "tile": tile_name(m),
+                                 "time_us": 1e3 * ours, "weight_GB/s": gbs, "frac_of_copy": gbs / copy_gbs,
+                                 "baseline": tile_name(LARGE_TILE_EXPECTED_M), "baseline_us": 1e3 * large,
+                                 "speedup": large / ours})
+    return rows_out
+
+
 def sweep_dense(args, shapes, peak, copy_gbs, baseline):
     rows_out = []
     for m, n, k in shapes:
@@ -223,6 +256,8 @@ def main(argv=None) -> int:
     rows += sweep_dense(args, QUICK["dense"] if args.quick else DENSE_SHAPES, peak, copy_gbs, baseline)
     meta = {**environment(args.device), "copy_ceiling_GBps": copy_gbs, "fp8_peak_TFLOPS": peak}
     report("moe_gemm", rows, meta, args.out)
+    tiles = sweep_masked_tiles(args, shapes, eps, QUICK["tile_m"] if args.quick else TILE_M, copy_gbs)
+    report("moe_masked_tiles", tiles, meta, args.out)
     helpers = sweep_helpers(args, QUICK["tokens"] if args.quick else HELPER_TOKENS, QUICK["experts"] if args.quick else 256,
                             copy_gbs)
     report("moe_helpers", helpers, meta, args.out)

@@ -20,9 +20,11 @@ EXPECTED_KERNELS = {
     "spec_greedy_accept_kernel": (),
     "spec_sampling_tile_totals_kernel": (),
     "spec_sampling_resample_kernel": (),
-    # MoE family: the FP8 block-scaled grouped GEMM (CUTLASS, one instantiation for the contiguous,
-    # masked and dense layouts) must run on FP8 wgmma; the rest are memory-bound helpers.
+    # MoE family: the FP8 block-scaled grouped GEMM (CUTLASS: the 128-row cooperative tile and the
+    # 64-row ping-pong tile, both serving the contiguous, masked and dense layouts) must run on FP8
+    # wgmma; the rest are memory-bound helpers.
     "KernelPtrArrayTmaWarpSpecializedCooperativeFP8Blockwise": ("QGMMA",),
+    "KernelPtrArrayTmaWarpSpecializedPingpongFP8Blockwise": ("QGMMA",),
     "grouped_gemm_reset_kernel": (),
     "grouped_gemm_scan_rows_kernel": (),
     "grouped_gemm_problems_kernel": (),

@@ -128,8 +128,48 @@ def test_grouped_gemm_masked_matches_reference(device):
                 assert_gemm_close(out[i, :rows], a[i, :rows], a_scale[i, :rows], b[i], b_scale[i], device)
 
 
+def test_grouped_gemm_config_follows_expected_m():
+    """The heuristic (moe_gemm_config.h) without a GPU: up to 64 rows the 64-row tile for the masked
+    layout (m = expected_m) and the dense one (m = rows); the contiguous layout keeps the 128-row
+    tile its 128-row segment alignment is built for."""
+    small, large = "64x128x128_pingpong", "128x128x128_cooperative"
+    for m in (0, 1, 8, 63, 64):
+        assert ops.grouped_gemm_config(m) == ops.grouped_gemm_config(m, "dense") == small
+    for m in (65, 128, 4096):
+        assert ops.grouped_gemm_config(m, "masked") == ops.grouped_gemm_config(m, "dense") == large
+    for m in (1, 64, 8192):
+        assert ops.grouped_gemm_config(m, "contiguous") == large
+    assert ops.grouped_gemm_m_alignment() == 128
+    with pytest.raises(RuntimeError, match="argument 'layout' must be 'contiguous', 'masked' or 'dense'"):
+        ops.grouped_gemm_config(8, "ragged")
+    with pytest.raises(RuntimeError, match="argument 'm' must be >= 0"):
+        ops.grouped_gemm_config(-1)
+
+
 @pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("m", [0, 1, 77, 300])
+def test_grouped_gemm_masked_matches_reference_with_either_tile(device):
+    """expected_m picks the CUDA tile and nothing else: each choice against the exact result, with
+    counts past 64 (several 64-row tiles per expert) and an expert of one row."""
+    g = gen(12)
+    e, m_max, n, k = 4, 100, 256, 384
+    masked_m = torch.tensor([1, 64, 0, 100], dtype=torch.int32)
+    a, a_scale = fp8_activations((e, m_max, k), g)
+    b, b_scale = fp8_weights(e, n, k, g)
+    args = [t.to(device) for t in (a, a_scale, b, b_scale, masked_m)]
+    tiles = set()
+    for expected_m in (1, 64, 65, 128):
+        tiles.add(ops.grouped_gemm_config(expected_m))
+        out = poisoned((e, m_max, n), torch.bfloat16, device)
+        ops.fp8_grouped_gemm_masked(*args, expected_m, out=out)
+        out = out.cpu()
+        for i, rows in enumerate(masked_m.tolist()):
+            if rows:
+                assert_gemm_close(out[i, :rows], a[i, :rows], a_scale[i, :rows], b[i], b_scale[i], device)
+    assert len(tiles) == 2
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("m", [0, 1, 64, 77, 300])
 def test_fp8_gemm_matches_reference(device, m):
     g = gen(m)
     for n, k in shapes_for(device):
@@ -183,6 +223,71 @@ def test_gemm_bad_inputs_are_rejected(device):
         f(a, a_scale, b, b_scale, m_indices, out=torch.empty(128, 128, device=d))
     with pytest.raises(RuntimeError, match="argument 'b' must be 2-D"):
         ops.fp8_gemm(a, a_scale, b, b_scale)
+
+
+def workspace_cases(device):
+    """(op, args, groups) per GEMM layout on shapes every device runs."""
+    g = gen(13)
+    a, a_scale = fp8_activations((256, 256), g)
+    b, b_scale = fp8_weights(2, 128, 256, g)
+    m_indices = contiguous_layout([100, 3])
+    masked_m = torch.tensor([5, 64], dtype=torch.int32)
+    a, a_scale, b, b_scale = (t.to(device) for t in (a, a_scale, b, b_scale))
+    return [
+        (ops.fp8_grouped_gemm_contiguous, (a, a_scale, b, b_scale, m_indices.to(device)), 2),
+        (ops.fp8_grouped_gemm_masked, (a.view(2, 128, 256), a_scale.view(2, 128, 2), b, b_scale, masked_m.to(device), 8), 2),
+        (ops.fp8_gemm, (a[:40], a_scale[:40], b[0], b_scale[0]), 1),
+    ]
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_gemm_preallocated_workspace(device):
+    """A caller's workspace (CUDA graphs, memory planning) gives the same output as none, at any
+    16-byte aligned start; a short, mistyped or misaligned one is rejected by name."""
+    for op, args, groups in workspace_cases(device):
+        need = ops.fp8_grouped_gemm_workspace_bytes(groups)
+        want = op(*args)
+        if op is ops.fp8_grouped_gemm_masked:
+            want = torch.cat([want[0, :5], want[1, :64]])  # rows past masked_m are unspecified
+        exact = torch.empty(need, dtype=torch.uint8, device=device)
+        offset = torch.empty(need + 48, dtype=torch.uint8, device=device)[48:]  # 16-, not 128-byte aligned
+        for ws in (exact, offset):
+            got = op(*args, workspace=ws)
+            if op is ops.fp8_grouped_gemm_masked:
+                got = torch.cat([got[0, :5], got[1, :64]])
+            assert torch.equal(got, want), op.__name__
+        with pytest.raises(RuntimeError, match=f"argument 'workspace' must hold at least {need} bytes "
+                                               r"\(fp8_grouped_gemm_workspace_bytes\)"):
+            op(*args, workspace=exact[1:])
+        with pytest.raises(RuntimeError, match="argument 'workspace' must start at a 16-byte aligned address"):
+            op(*args, workspace=torch.empty(need + 8, dtype=torch.uint8, device=device)[8:])
+        with pytest.raises(RuntimeError, match="argument 'workspace' must have dtype"):
+            op(*args, workspace=torch.empty(need, device=device))
+        with pytest.raises(RuntimeError, match="argument 'workspace' must be 1-D"):
+            op(*args, workspace=exact.view(-1, 8) if need % 8 == 0 else exact[None])
+
+
+def test_workspace_bytes_queries():
+    """The bounds grow with what they cover and hold what the kernels carve from them."""
+    per_group = ops.fp8_grouped_gemm_workspace_bytes(2) - ops.fp8_grouped_gemm_workspace_bytes(1)
+    assert per_group > 0 and ops.fp8_grouped_gemm_workspace_bytes(0) > 0  # CUTLASS's TMA descriptors
+    assert ops.fp8_grouped_gemm_workspace_bytes(256) == ops.fp8_grouped_gemm_workspace_bytes(0) + 256 * per_group
+    for routed, experts in [(0, 1), (8, 256), (4800, 32), (65536, 256)]:
+        chunks = reference.ceil_div(routed, 256)
+        counts_bytes = 4 * (chunks * experts + experts)
+        assert ops.moe_permute_workspace_bytes(routed, experts) >= counts_bytes + 8 * (experts + 1)
+        assert ops.moe_permute_workspace_bytes(routed, experts) <= counts_bytes + 15 + 8 * (experts + 1)
+    with pytest.raises(RuntimeError, match="argument 'groups' must be >= 0"):
+        ops.fp8_grouped_gemm_workspace_bytes(-1)
+    with pytest.raises(RuntimeError, match="argument 'num_experts' must be >= 1"):
+        ops.moe_permute_workspace_bytes(8, 0)
+
+
+@pytest.mark.cuda
+def test_workspace_on_another_device_is_rejected():
+    op, args, groups = workspace_cases("cuda")[0]
+    with pytest.raises(RuntimeError, match="argument 'workspace' must be on the same device as 'a'"):
+        op(*args, workspace=torch.empty(ops.fp8_grouped_gemm_workspace_bytes(groups), dtype=torch.uint8))
 
 
 def test_gemm_index_contents_are_checked_on_cpu():
@@ -332,6 +437,34 @@ def test_permute_layout_is_what_the_docstring_says():
     assert row_map.tolist() == [[8, 0], [1, 4], [9, 2], [-1, -1]]
     assert m_indices.tolist() == [0, 0, 0, -1, 1, -1, -1, -1, 2, 2] + [-1] * 10
     assert out[[8, 0, 1, 4, 9, 2], 0].tolist() == [0, 0, 1, 1, 2, 2]
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_permute_preallocated_workspace(device):
+    """Both permute layouts give the same outputs with a caller's workspace; a short one is named."""
+    g = gen(14)
+    t, k, e = 600, 8, 32  # 4800 routed entries: several permute chunks
+    x, x_scale = torch.randn(t, 256, generator=g).to(torch.float8_e4m3fn), torch.rand(t, 2, generator=g)
+    ids = random_ids(t, k, e, g, drop=0.05)
+    args = [x.to(device), x_scale.to(device), ids.to(device), e]
+    need = ops.moe_permute_workspace_bytes(t * k, e)
+    ws = torch.empty(need + 16, dtype=torch.uint8, device=device)[16:]
+    for op in (ops.moe_permute, ops.moe_permute_masked):
+        want, got = op(*args), op(*args, workspace=ws)
+        real = (want[2] >= 0) if op is ops.moe_permute else None
+        for i, (w, o) in enumerate(zip(want, got)):
+            if i < 2 and real is not None:  # padding rows of out / out_scale are unspecified
+                w, o = w[real], o[real]
+            elif i < 2:  # the masked layout's rows past masked_m are unspecified
+                keep = torch.arange(t, device=device)[None, :] < want[2][:, None]
+                w, o = w[keep], o[keep]
+            assert torch.equal(w.view(torch.uint8) if w.dtype == torch.float8_e4m3fn else w,
+                               o.view(torch.uint8) if o.dtype == torch.float8_e4m3fn else o), (op.__name__, i)
+        with pytest.raises(RuntimeError, match=f"argument 'workspace' must hold at least {need} bytes "
+                                               r"\(moe_permute_workspace_bytes\)"):
+            op(*args, workspace=ws[:-1])
+        with pytest.raises(RuntimeError, match="argument 'workspace' must have dtype"):
+            op(*args, workspace=torch.empty(need, dtype=torch.int32, device=device))
 
 
 @pytest.mark.parametrize("device", DEVICES)

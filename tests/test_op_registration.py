@@ -102,6 +102,7 @@ def moe_samples(device):
     row_map = reference.moe_permute(torch.zeros(6, 1), None, ids.cpu(), 16, 1)[3].to(d)
     h = torch.randn(7, 512, generator=g).to(d)
     empty = lambda *shape, dtype=torch.float32: torch.empty(*shape, dtype=dtype, device=d)  # noqa: E731
+    gemm_workspace = lambda groups: empty(ops.fp8_grouped_gemm_workspace_bytes(groups), dtype=torch.uint8)  # noqa: E731
     glm52 = torch.ops.glm52
     return [
         (glm52.fp8_grouped_gemm_contiguous.default, (a, a_scale, b, b_scale, m_indices), {}),
@@ -112,6 +113,11 @@ def moe_samples(device):
          {"out": empty(2, 128, 128, dtype=torch.bfloat16)}),
         (glm52.fp8_gemm.default, (a, a_scale, b[0], b_scale[0]), {}),
         (glm52.fp8_gemm_out.default, (a, a_scale, b[0], b_scale[0]), {"out": empty(256, 128, dtype=torch.bfloat16)}),
+        (glm52.fp8_gemm.default, (a[:64], a_scale[:64], b[0], b_scale[0]), {"workspace": gemm_workspace(1)}),
+        (glm52.fp8_grouped_gemm_masked.default, (a.view(2, 128, 256), a_scale.view(2, 128, 2), b, b_scale, masked_m, 200),
+         {"workspace": gemm_workspace(2)}),
+        (glm52.fp8_grouped_gemm_contiguous_out.default, (a, a_scale, b, b_scale, m_indices),
+         {"workspace": gemm_workspace(2), "out": empty(256, 128, dtype=torch.bfloat16)}),
         (glm52.moe_route.default, (logits, bias, 4, 4, 2, 2.5, True), {}),
         (glm52.moe_route_out.default, (logits, bias, 4, 1, 1, 2.5, False),
          {"weights": empty(5, 4), "ids": empty(5, 4, dtype=torch.int32)}),
@@ -121,6 +127,12 @@ def moe_samples(device):
          {"out": empty(rows, 256, dtype=torch.float8_e4m3fn), "out_scale": empty(rows, 2),
           "m_indices": empty(rows, dtype=torch.int32), "row_map": empty(6, 4, dtype=torch.int32)}),
         (glm52.moe_permute_masked.default, (x8, x_scale, every_expert, 4), {}),
+        (glm52.moe_permute.default, (x8, x_scale, ids, 16, 1),
+         {"workspace": empty(ops.moe_permute_workspace_bytes(24, 16), dtype=torch.uint8)}),
+        (glm52.moe_permute_masked_out.default, (x8, x_scale, every_expert, 4),
+         {"workspace": empty(ops.moe_permute_workspace_bytes(24, 4), dtype=torch.uint8),
+          "out": empty(4, 6, 256, dtype=torch.float8_e4m3fn), "out_scale": empty(4, 6, 2),
+          "masked_m": empty(4, dtype=torch.int32), "row_map": empty(6, 4, dtype=torch.int32)}),
         (glm52.moe_permute_masked_out.default, (h[:6, :64].contiguous(), None, every_expert, 4),
          {"out": empty(4, 6, 64), "out_scale": empty(4, 6, 0), "masked_m": empty(4, dtype=torch.int32),
           "row_map": empty(6, 4, dtype=torch.int32)}),
@@ -225,7 +237,9 @@ def test_inputs_are_not_mutated(device):
 def test_every_registered_op_has_a_sample():
     registered = {name for name in dir(torch.ops.glm52) if not name.startswith("_")}
     registered -= {"name"}  # attribute of the namespace object, not an op
-    registered -= {"spec_verify_workspace_bytes"}  # a size query without tensors (tests/test_spec_ops.py)
+    # Queries without tensors (tests/test_spec_ops.py, tests/test_moe_ops.py).
+    registered -= {"spec_verify_workspace_bytes", "fp8_grouped_gemm_workspace_bytes", "moe_permute_workspace_bytes",
+                   "grouped_gemm_config"}
     sampled = {op._schema.name.split("::")[1] for op, _, _ in op_samples("cpu")}
     assert registered <= sampled, f"ops without an opcheck sample: {sorted(registered - sampled)}"
 

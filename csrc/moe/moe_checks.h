@@ -6,6 +6,8 @@
 
 #include "common/checks.h"
 #include "common/host_device.h"
+#include "common/workspace.h"
+#include "moe/moe_gemm_config.h"
 #include "moe/moe_layout.h"
 #include "moe/moe_route.h"
 
@@ -100,6 +102,14 @@ inline void check_dense_gemm(const at::Tensor& a, const at::Tensor& a_scale, con
   check_gemm_operands(kDenseOp, a, a_scale, b, b_scale, true);
 }
 
+// The GEMMs' optional workspace (common/workspace.h): fp8_grouped_gemm_workspace_bytes(groups)
+// bytes beside a, whichever tile runs; groups = b's experts (1 for the dense GEMM).
+inline void check_gemm_workspace(const char* op, const std::optional<at::Tensor>& workspace, const at::Tensor& a,
+                                 const at::Tensor& b) {
+  const int64_t groups = b.dim() == 3 ? b.size(0) : 1;
+  check_workspace(workspace, grouped_gemm_workspace_bytes(groups), "fp8_grouped_gemm_workspace_bytes", a, "a", op);
+}
+
 // moe_route: logits [T, E] fp32, bias [E] fp32 and the selection parameters.
 inline RouteParams check_route(const at::Tensor& logits, const at::Tensor& bias, int64_t top_k, int64_t n_group,
                                int64_t topk_group, double scaling, bool renormalize) {
@@ -174,6 +184,13 @@ inline void check_permute_masked_out(const at::Tensor& x, const std::optional<at
                "[E, T, G] ([E, T, 0] without x_scale)", x, "x");
   check_tensor(masked_m, kPermuteMaskedOp, "masked_m", at::kInt, {num_experts}, "[E]", x, "x");
   check_tensor(row_map, kPermuteMaskedOp, "row_map", at::kInt, ids.sizes(), "[T, top_k]", x, "x");
+}
+
+// moe_permute's and moe_permute_masked's optional workspace: moe_permute_workspace_bytes(T * top_k, E) bytes beside x.
+inline void check_permute_workspace(const char* op, const std::optional<at::Tensor>& workspace, const at::Tensor& x,
+                                    const at::Tensor& ids, int64_t num_experts) {
+  check_workspace(workspace, permute_workspace_bytes(ids.numel(), num_experts), "moe_permute_workspace_bytes", x, "x",
+                  op);
 }
 
 // moe_unpermute: y [rows, N] bf16/fp16/fp32, weights [T, k] fp32, row_map [T, k] int32.

@@ -31,6 +31,20 @@ GLM52_HD int64_t permuted_rows_bound(int64_t routed, int64_t num_experts, int64_
   return round_up(routed + used * (alignment - 1), alignment);
 }
 
+// Permute chunks over `routed` entries (one block of the count and rank kernels each).
+GLM52_HD int64_t permute_chunks(int64_t routed) { return ceil_div(routed, kPermuteChunk); }
+
+// moe_permute's device workspace: int32 per-chunk counts [chunks, E] then the experts' counts [E]
+// (the masked layout writes those to masked_m instead), then at a 16-byte boundary the int64
+// segment starts [E + 1]. The CUDA entry point carves a caller's workspace with these offsets.
+GLM52_HD int64_t permute_seg_start_offset(int64_t routed, int64_t num_experts) {
+  return round_up(int64_t{4} * (permute_chunks(routed) * num_experts + num_experts), 16);
+}
+
+GLM52_HD int64_t permute_workspace_bytes(int64_t routed, int64_t num_experts) {
+  return permute_seg_start_offset(routed, num_experts) + int64_t{8} * (num_experts + 1);
+}
+
 // Routed entries [begin, end) of permute chunk c (entries are flattened t * top_k + j).
 GLM52_HD void permute_chunk_range(int64_t c, int64_t routed, int64_t* begin, int64_t* end) {
   *begin = c * kPermuteChunk;

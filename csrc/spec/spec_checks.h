@@ -2,6 +2,7 @@
 #pragma once
 
 #include "common/checks.h"
+#include "common/workspace.h"
 #include "spec/spec_verify.h"
 
 #include <ATen/core/Tensor.h>
@@ -76,21 +77,12 @@ inline void check_verify_outputs(const at::Tensor& draft, const at::Tensor& toke
   check_same_device(num_emitted, draft, op, "num_emitted", "draft");
 }
 
-// An optional preallocated workspace: uint8 [bytes] contiguous, 16-byte aligned, beside draft, at
-// least spec_verify_workspace_bytes(...) long. The CPU twins check it and need none.
+// An optional preallocated workspace (common/workspace.h) of at least
+// spec_verify_workspace_bytes(...) bytes, beside draft.
 inline void check_workspace(const std::optional<at::Tensor>& workspace, const at::Tensor& draft, int64_t vocab,
                             bool sampling, const char* op) {
-  if (!workspace.has_value()) return;
-  const at::Tensor& w = *workspace;
-  check_dim(w, op, "workspace", 1, "[bytes]");
-  check_dtype(w, op, "workspace", {at::kByte});
-  check_contiguous(w, op, "workspace");
-  check_same_device(w, draft, op, "workspace", "draft");
-  const int64_t need = spec_verify_workspace_bytes(draft.size(0), draft.size(1), vocab, sampling);
-  GLM52_CHECK_ARG(w.numel() >= need, op, "workspace", "must hold at least ", need,
-                  " bytes (spec_verify_workspace_bytes), got ", w.numel());
-  GLM52_CHECK_ARG(reinterpret_cast<uintptr_t>(w.const_data_ptr()) % 16 == 0, op, "workspace",
-                  "must start at a 16-byte aligned address");
+  glm52::check_workspace(workspace, spec_verify_workspace_bytes(draft.size(0), draft.size(1), vocab, sampling),
+                         "spec_verify_workspace_bytes", draft, "draft", op);
 }
 
 }  // namespace glm52::spec

@@ -201,7 +201,8 @@ def m_grouped_fp8_gemm_nt_masked(
     """Grouped GEMM over the masked (decode) layout: ``d[g, :masked_m[g]] = a[g, :masked_m[g]] @ b[g]ᵀ``.
 
     a = (``[G, M, K]`` e4m3, ``[G, M, K/128]`` scales), b = (``[G, N, K]``, ``[G, N/128, K/128]``);
-    ``masked_m [G]`` int32 read on the device; ``expected_m`` a tile hint; ``d [G, M, N]`` bfloat16
+    ``masked_m [G]`` int32 read on the device; ``expected_m`` the tile hint (up to 64 the 64-row tile:
+    :func:`glm52_ext.ops.grouped_gemm_config`); ``d [G, M, N]`` bfloat16
     in place, rows at or past ``masked_m[g]`` unspecified (as in DeepGEMM)."""
     fn = "m_grouped_fp8_gemm_nt_masked"
     _check_recipe(fn, recipe, recipe_a, recipe_b, {})

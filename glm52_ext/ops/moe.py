@@ -24,9 +24,12 @@ __all__ = [
     "fp8_swiglu_mlp",
     "fp8_grouped_gemm_contiguous",
     "fp8_grouped_gemm_masked",
+    "fp8_grouped_gemm_workspace_bytes",
+    "grouped_gemm_config",
     "grouped_gemm_m_alignment",
     "moe_permute",
     "moe_permute_masked",
+    "moe_permute_workspace_bytes",
     "moe_route",
     "moe_unpermute",
     "permuted_rows_bound",
@@ -42,6 +45,33 @@ def grouped_gemm_m_alignment() -> int:
     return _M_ALIGNMENT
 
 
+def grouped_gemm_config(m: int, layout: str = "masked") -> str:
+    """The CUDA grouped GEMM configuration a launch takes, e.g. ``"64x128x128_pingpong"``.
+
+    ``layout="masked"`` with ``m = expected_m`` (:func:`fp8_grouped_gemm_masked`) and
+    ``layout="dense"`` with ``m`` rows (:func:`fp8_gemm`): up to 64 the 64-row tile (ping-pong
+    schedule), beyond it ``"128x128x128_cooperative"``. ``layout="contiguous"`` always takes the
+    128-row tile (its segments are aligned to :func:`grouped_gemm_m_alignment` rows). The choice
+    never changes results; the CPU kernels have no tiles.
+    """
+    return torch.ops.glm52.grouped_gemm_config(layout, m)
+
+
+def fp8_grouped_gemm_workspace_bytes(groups: int) -> int:
+    """Bytes of device scratch :func:`fp8_grouped_gemm_contiguous`, :func:`fp8_grouped_gemm_masked`
+    (``groups`` = experts E) and :func:`fp8_gemm` (``groups = 1``) use at most, whichever
+    configuration runs: the size of their optional ``workspace`` (uint8, 16-byte aligned). Without
+    one the CUDA kernels take it from the caching allocator; the CPU kernels need none."""
+    return torch.ops.glm52.fp8_grouped_gemm_workspace_bytes(groups)
+
+
+def moe_permute_workspace_bytes(routed: int, num_experts: int) -> int:
+    """Bytes of device scratch :func:`moe_permute` and :func:`moe_permute_masked` use at most for
+    ``routed = T * top_k`` entries over ``num_experts`` experts: the size of their optional
+    ``workspace`` (uint8, 16-byte aligned)."""
+    return torch.ops.glm52.moe_permute_workspace_bytes(routed, num_experts)
+
+
 def fp8_grouped_gemm_contiguous(
     a: torch.Tensor,
     a_scale: torch.Tensor,
@@ -49,6 +79,7 @@ def fp8_grouped_gemm_contiguous(
     b_scale: torch.Tensor,
     m_indices: torch.Tensor,
     *,
+    workspace: torch.Tensor | None = None,
     out: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Grouped expert GEMM over the contiguous (prefill) layout: ``out[r] = a[r] @ b[m_indices[r]]ᵀ``.
@@ -65,6 +96,8 @@ def fp8_grouped_gemm_contiguous(
         :func:`moe_permute` produces). The CPU kernel checks this and raises; the CUDA kernel
         cannot without a host sync: there an expert's problem spans its first row and its row
         count, ids outside ``[-1, E)`` count as padding, and nothing is accessed out of bounds.
+    workspace : torch.Tensor, optional
+        Preallocated uint8 scratch of at least :func:`fp8_grouped_gemm_workspace_bytes` ``(E)`` bytes.
     out : torch.Tensor, optional
         Preallocated ``[M, N]`` bfloat16 output.
 
@@ -76,8 +109,8 @@ def fp8_grouped_gemm_contiguous(
         synchronization on CUDA.
     """
     if out is None:
-        return torch.ops.glm52.fp8_grouped_gemm_contiguous(a, a_scale, b, b_scale, m_indices)
-    torch.ops.glm52.fp8_grouped_gemm_contiguous_out(a, a_scale, b, b_scale, m_indices, out=out)
+        return torch.ops.glm52.fp8_grouped_gemm_contiguous(a, a_scale, b, b_scale, m_indices, workspace)
+    torch.ops.glm52.fp8_grouped_gemm_contiguous_out(a, a_scale, b, b_scale, m_indices, workspace, out=out)
     return out
 
 
@@ -89,6 +122,7 @@ def fp8_grouped_gemm_masked(
     masked_m: torch.Tensor,
     expected_m: int,
     *,
+    workspace: torch.Tensor | None = None,
     out: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Grouped expert GEMM over the masked (decode) layout: ``out[e, :masked_m[e]] = a[e, :masked_m[e]] @ b[e]ᵀ``.
@@ -103,7 +137,10 @@ def fp8_grouped_gemm_masked(
         ``[E]`` int32 valid rows per expert, read on the device (no host sync, CUDA-graph safe).
         Counts outside ``[0, m_max]`` raise on the CPU and are clamped on CUDA.
     expected_m : int
-        A hint of the typical ``masked_m`` (tile choice); any value >= 0 gives the same results.
+        A hint of the typical ``masked_m``: it picks the CUDA tile (:func:`grouped_gemm_config`; up
+        to 64 the 64-row one). Any value >= 0 gives the same results.
+    workspace : torch.Tensor, optional
+        Preallocated uint8 scratch of at least :func:`fp8_grouped_gemm_workspace_bytes` ``(E)`` bytes.
     out : torch.Tensor, optional
         Preallocated ``[E, m_max, N]`` bfloat16 output.
 
@@ -113,23 +150,31 @@ def fp8_grouped_gemm_masked(
         ``[E, m_max, N]`` bfloat16; rows at or past ``masked_m[e]`` are unspecified.
     """
     if out is None:
-        return torch.ops.glm52.fp8_grouped_gemm_masked(a, a_scale, b, b_scale, masked_m, expected_m)
-    torch.ops.glm52.fp8_grouped_gemm_masked_out(a, a_scale, b, b_scale, masked_m, expected_m, out=out)
+        return torch.ops.glm52.fp8_grouped_gemm_masked(a, a_scale, b, b_scale, masked_m, expected_m, workspace)
+    torch.ops.glm52.fp8_grouped_gemm_masked_out(a, a_scale, b, b_scale, masked_m, expected_m, workspace, out=out)
     return out
 
 
 def fp8_gemm(
-    a: torch.Tensor, a_scale: torch.Tensor, b: torch.Tensor, b_scale: torch.Tensor, *, out: torch.Tensor | None = None
+    a: torch.Tensor,
+    a_scale: torch.Tensor,
+    b: torch.Tensor,
+    b_scale: torch.Tensor,
+    *,
+    workspace: torch.Tensor | None = None,
+    out: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Dense block-scaled GEMM ``out = a @ bᵀ`` (attention projections, shared experts).
 
     ``a [M, K]`` e4m3 with ``a_scale [M, ceil(K/128)]``; ``b [N, K]`` e4m3 with
     ``b_scale [ceil(N/128), ceil(K/128)]`` (the checkpoint format); returns ``[M, N]`` bfloat16.
-    On CUDA it is the grouped kernel with one group; N and K must be multiples of 128 there.
+    On CUDA it is the grouped kernel with one group (the 64-row tile up to M = 64,
+    :func:`grouped_gemm_config`); N and K must be multiples of 128 there. ``workspace``: optional
+    uint8 scratch of :func:`fp8_grouped_gemm_workspace_bytes` ``(1)`` bytes.
     """
     if out is None:
-        return torch.ops.glm52.fp8_gemm(a, a_scale, b, b_scale)
-    torch.ops.glm52.fp8_gemm_out(a, a_scale, b, b_scale, out=out)
+        return torch.ops.glm52.fp8_gemm(a, a_scale, b, b_scale, workspace)
+    torch.ops.glm52.fp8_gemm_out(a, a_scale, b, b_scale, workspace, out=out)
     return out
 
 
@@ -183,6 +228,8 @@ def moe_permute(
     ids: torch.Tensor,
     num_experts: int,
     alignment: int | None = None,
+    *,
+    workspace: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Token rows -> the expert-sorted, aligned layout of :func:`fp8_grouped_gemm_contiguous`.
 
@@ -199,6 +246,8 @@ def moe_permute(
         Local experts E.
     alignment : int, optional
         Segment alignment; default :func:`grouped_gemm_m_alignment`.
+    workspace : torch.Tensor, optional
+        Preallocated uint8 scratch of at least :func:`moe_permute_workspace_bytes` ``(T * top_k, num_experts)`` bytes.
 
     Returns
     -------
@@ -213,11 +262,16 @@ def moe_permute(
     """
     if alignment is None:
         alignment = grouped_gemm_m_alignment()
-    return torch.ops.glm52.moe_permute(x, x_scale, ids, num_experts, alignment)
+    return torch.ops.glm52.moe_permute(x, x_scale, ids, num_experts, alignment, workspace)
 
 
 def moe_permute_masked(
-    x: torch.Tensor, x_scale: torch.Tensor | None, ids: torch.Tensor, num_experts: int
+    x: torch.Tensor,
+    x_scale: torch.Tensor | None,
+    ids: torch.Tensor,
+    num_experts: int,
+    *,
+    workspace: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Token rows -> the masked (decode) layout of :func:`fp8_grouped_gemm_masked`, bounded by the
     tokens present: an expert gets at most one row per token (:func:`moe_route` picks distinct
@@ -234,6 +288,8 @@ def moe_permute_masked(
         ``[0, num_experts)`` are dropped.
     num_experts : int
         Local experts E.
+    workspace : torch.Tensor, optional
+        Preallocated uint8 scratch, as :func:`moe_permute` takes.
 
     Returns
     -------
@@ -244,7 +300,7 @@ def moe_permute_masked(
         :func:`moe_unpermute` over the ``[E * T, N]`` GEMM output combines them. Rows at or past
         ``masked_m[e]`` are unspecified. No host sync (CUDA-graph safe).
     """
-    return torch.ops.glm52.moe_permute_masked(x, x_scale, ids, num_experts)
+    return torch.ops.glm52.moe_permute_masked(x, x_scale, ids, num_experts, workspace)
 
 
 def moe_unpermute(
@@ -335,7 +391,8 @@ def fp8_moe_experts(
     if tokens <= MASKED_LAYOUT_MAX_TOKENS:
         # Decode: the masked layout, E x T rows of which the GEMMs compute only the routed ones.
         a, a_scale, masked_m, row_map = moe_permute_masked(xq, x_scale, ids, num_experts)
-        expected_m = max(1, tokens * ids.shape[1] // max(num_experts, 1))
+        # Rows per expert: at most T (one per token), T * top_k / E on average (the GEMM tile hint).
+        expected_m = max(1, min(tokens, tokens * ids.shape[1] // max(num_experts, 1)))
         h = fp8_grouped_gemm_masked(a, a_scale, w13, w13_scale, masked_m, expected_m)
         hq, h_scale = silu_and_mul_quant_fp8(h.view(num_experts * tokens, -1))
         y = fp8_grouped_gemm_masked(hq.view(num_experts, tokens, -1), h_scale.view(num_experts, tokens, -1), w2,
@@ -365,19 +422,19 @@ def fp8_swiglu_mlp(
 
 
 @torch.library.register_fake("glm52::fp8_grouped_gemm_contiguous")
-def _fp8_grouped_gemm_contiguous(a, a_scale, b, b_scale, m_indices):
+def _fp8_grouped_gemm_contiguous(a, a_scale, b, b_scale, m_indices, workspace=None):
     torch._check(a.dim() == 2 and b.dim() == 3, lambda: "glm52.fp8_grouped_gemm_contiguous: 'a' must be [M, K], 'b' [E, N, K]")
     return a.new_empty((a.shape[0], b.shape[1]), dtype=torch.bfloat16)
 
 
 @torch.library.register_fake("glm52::fp8_grouped_gemm_masked")
-def _fp8_grouped_gemm_masked(a, a_scale, b, b_scale, masked_m, expected_m):
+def _fp8_grouped_gemm_masked(a, a_scale, b, b_scale, masked_m, expected_m, workspace=None):
     torch._check(a.dim() == 3 and b.dim() == 3, lambda: "glm52.fp8_grouped_gemm_masked: 'a' must be [E, m_max, K], 'b' [E, N, K]")
     return a.new_empty((a.shape[0], a.shape[1], b.shape[1]), dtype=torch.bfloat16)
 
 
 @torch.library.register_fake("glm52::moe_permute_masked")
-def _moe_permute_masked(x, x_scale, ids, num_experts):
+def _moe_permute_masked(x, x_scale, ids, num_experts, workspace=None):
     tokens = x.shape[0]
     groups = 0 if x_scale is None else x_scale.shape[1]
     return (x.new_empty((num_experts, tokens, x.shape[1])),
@@ -386,12 +443,12 @@ def _moe_permute_masked(x, x_scale, ids, num_experts):
 
 
 @torch.library.register_fake("glm52::moe_permute_masked_out")
-def _moe_permute_masked_out(x, x_scale, ids, num_experts, *, out, out_scale, masked_m, row_map):
+def _moe_permute_masked_out(x, x_scale, ids, num_experts, workspace=None, *, out, out_scale, masked_m, row_map):
     return None
 
 
 @torch.library.register_fake("glm52::fp8_gemm")
-def _fp8_gemm(a, a_scale, b, b_scale):
+def _fp8_gemm(a, a_scale, b, b_scale, workspace=None):
     torch._check(a.dim() == 2 and b.dim() == 2, lambda: "glm52.fp8_gemm: 'a' must be [M, K], 'b' [N, K]")
     return a.new_empty((a.shape[0], b.shape[0]), dtype=torch.bfloat16)
 
@@ -403,7 +460,7 @@ def _moe_route(logits, bias, top_k, n_group, topk_group, routed_scaling_factor, 
 
 
 @torch.library.register_fake("glm52::moe_permute")
-def _moe_permute(x, x_scale, ids, num_experts, alignment):
+def _moe_permute(x, x_scale, ids, num_experts, alignment, workspace=None):
     rows = permuted_rows_bound(ids.shape[0] * ids.shape[1], num_experts, alignment)
     groups = 0 if x_scale is None else x_scale.shape[1]
     return (x.new_empty((rows, x.shape[1])), x.new_empty((rows, groups), dtype=torch.float32),

@@ -73,9 +73,11 @@ GemmOperands operands(const at::Tensor& a, const at::Tensor& a_scale, const at::
 }
 
 void fp8_grouped_gemm_contiguous_out_cpu(const at::Tensor& a, const at::Tensor& a_scale, const at::Tensor& b,
-                                         const at::Tensor& b_scale, const at::Tensor& m_indices, at::Tensor& out) {
+                                         const at::Tensor& b_scale, const at::Tensor& m_indices,
+                                         const std::optional<at::Tensor>& workspace, at::Tensor& out) {
   check_contiguous_gemm(a, a_scale, b, b_scale, m_indices);
   check_gemm_out(kContiguousOp, out, {a.size(0), b.size(1)}, "[M, N]", a);
+  check_gemm_workspace(kContiguousOp, workspace, a, b);
   const int64_t m = a.size(0), e_count = b.size(0), n = b.size(1);
   const int32_t* idx = m_indices.const_data_ptr<int32_t>();
   // Each expert's first row and row count, as the CUDA kernel gathers them from m_indices.
@@ -105,9 +107,10 @@ void fp8_grouped_gemm_contiguous_out_cpu(const at::Tensor& a, const at::Tensor& 
 
 void fp8_grouped_gemm_masked_out_cpu(const at::Tensor& a, const at::Tensor& a_scale, const at::Tensor& b,
                                      const at::Tensor& b_scale, const at::Tensor& masked_m, int64_t expected_m,
-                                     at::Tensor& out) {
+                                     const std::optional<at::Tensor>& workspace, at::Tensor& out) {
   check_masked_gemm(a, a_scale, b, b_scale, masked_m, expected_m);
   check_gemm_out(kMaskedOp, out, {a.size(0), a.size(1), b.size(1)}, "[E, m_max, N]", a);
+  check_gemm_workspace(kMaskedOp, workspace, a, b);
   const int64_t e_count = a.size(0), m_max = a.size(1);
   const int32_t* counts = masked_m.const_data_ptr<int32_t>();
   for (int64_t e = 0; e < e_count; ++e)
@@ -118,9 +121,10 @@ void fp8_grouped_gemm_masked_out_cpu(const at::Tensor& a, const at::Tensor& a_sc
 }
 
 void fp8_gemm_out_cpu(const at::Tensor& a, const at::Tensor& a_scale, const at::Tensor& b, const at::Tensor& b_scale,
-                      at::Tensor& out) {
+                      const std::optional<at::Tensor>& workspace, at::Tensor& out) {
   check_dense_gemm(a, a_scale, b, b_scale);
   check_gemm_out(kDenseOp, out, {a.size(0), b.size(0)}, "[M, N]", a);
+  check_gemm_workspace(kDenseOp, workspace, a, b);
   gemm_problem_cpu(operands(a, a_scale, b, b_scale, 0, out), GroupRows{0, a.size(0)});
 }
 

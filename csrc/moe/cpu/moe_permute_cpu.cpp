@@ -73,18 +73,20 @@ void permute_cpu(const at::Tensor& x, const std::optional<at::Tensor>& x_scale, 
 }
 
 void moe_permute_out_cpu(const at::Tensor& x, const std::optional<at::Tensor>& x_scale, const at::Tensor& ids,
-                         int64_t num_experts, int64_t alignment, at::Tensor& out, at::Tensor& out_scale,
-                         at::Tensor& m_indices, at::Tensor& row_map) {
+                         int64_t num_experts, int64_t alignment, const std::optional<at::Tensor>& workspace,
+                         at::Tensor& out, at::Tensor& out_scale, at::Tensor& m_indices, at::Tensor& row_map) {
   check_permute_out(x, x_scale, ids, num_experts, alignment, out, out_scale, m_indices, row_map);
+  check_permute_workspace(kPermuteOp, workspace, x, ids, num_experts);
   std::vector<int32_t> count(num_experts);
   permute_cpu(x, x_scale, ids, num_experts, alignment, false, out, out_scale, m_indices.mutable_data_ptr<int32_t>(),
               count.data(), row_map);
 }
 
 void moe_permute_masked_out_cpu(const at::Tensor& x, const std::optional<at::Tensor>& x_scale, const at::Tensor& ids,
-                                int64_t num_experts, at::Tensor& out, at::Tensor& out_scale, at::Tensor& masked_m,
-                                at::Tensor& row_map) {
+                                int64_t num_experts, const std::optional<at::Tensor>& workspace, at::Tensor& out,
+                                at::Tensor& out_scale, at::Tensor& masked_m, at::Tensor& row_map) {
   check_permute_masked_out(x, x_scale, ids, num_experts, out, out_scale, masked_m, row_map);
+  check_permute_workspace(kPermuteMaskedOp, workspace, x, ids, num_experts);
   permute_cpu(x, x_scale, ids, num_experts, 1, true, out, out_scale, nullptr, masked_m.mutable_data_ptr<int32_t>(),
               row_map);
 }

@@ -1,25 +1,12 @@
-// The FP8 block-scaled GEMM of the MoE family on Hopper: one CUTLASS 3.x ptr-array grouped GEMM
-// (TMA loads, warp-specialized cooperative pipeline, FP8 wgmma, scales applied per 128-wide K block
-// with fp32 promotion: KernelPtrArrayTmaWarpSpecializedCooperativeFP8BlockScaledAccum, as in
-// CUTLASS example 68) serves all three layouts: contiguous (experts' row segments), masked
-// ([E, m_max, K] with counts on the device) and dense (one group). Small setup kernels turn the
-// layout into per-group problem sizes, pointers, strides and scale layouts on the device, so no
-// layout needs a host sync. One CUTLASS instantiation in this translation unit (build time).
-//
-// Scale layouts match the op contract directly, no transposes: a_scale [rows, K/128] is the
-// K-major SFA of granularity (1, 128) and b_scale [N/128, K/128] the K-major SFB of (128, 128).
+// The FP8 block-scaled GEMM of the MoE family on Hopper: a CUTLASS 3.x ptr-array grouped GEMM in
+// two configurations (fp8_grouped_gemm_sm90_m128.cu, _m64.cu; moe_gemm_config.h picks one per
+// launch) serves all three layouts: contiguous (experts' row segments), masked ([E, m_max, K]
+// with counts on the device) and dense (one group). This file holds what both share: small setup
+// kernels turn the layout into per-group problem sizes, pointers, strides and scale layouts on
+// the device, so no layout needs a host sync, then the chosen configuration runs.
+#include "moe/cuda/fp8_grouped_gemm_sm90.cuh"
 #include "moe/cuda/moe_launch.h"
 #include "moe/moe_layout.h"
-
-#include <cute/tensor.hpp>
-#include <cutlass/cutlass.h>
-#include <cutlass/detail/blockwise_scale_layout.hpp>
-#include <cutlass/epilogue/collective/collective_builder.hpp>
-#include <cutlass/gemm/collective/collective_builder.hpp>
-#include <cutlass/gemm/device/gemm_universal_adapter.h>
-#include <cutlass/gemm/dispatch_policy.hpp>
-#include <cutlass/gemm/group_array_problem_shape.hpp>
-#include <cutlass/gemm/kernel/gemm_universal.hpp>
 
 #include <algorithm>
 #include <climits>
@@ -28,63 +15,10 @@ namespace glm52::moe {
 namespace {
 
 using namespace cute;
+using namespace sm90;
 
-using ProblemShape = cutlass::gemm::GroupProblemShape<Shape<int, int, int>>;  // (M, N, K) per group
-using ElementA = cutlass::float_e4m3_t;
-using ElementB = cutlass::float_e4m3_t;
-using ElementD = cutlass::bfloat16_t;
-using LayoutA = cutlass::layout::RowMajor;     // a [rows, K], K contiguous
-using LayoutB = cutlass::layout::ColumnMajor;  // b [N, K], K contiguous (the checkpoint layout)
-using LayoutD = cutlass::layout::RowMajor;     // out [rows, N]
-constexpr int kAlignAB = 16;                   // elements per 16-byte access
-constexpr int kAlignD = 8;
-
-using TileShape = Shape<_128, _128, _128>;  // M tile = kGroupedGemmMAlignment
-using ClusterShape = Shape<_1, _1, _1>;
-using ScaleConfig = cutlass::detail::Sm90BlockwiseScaleConfig<1, 128, 128, cute::GMMA::Major::K, cute::GMMA::Major::K>;
-using LayoutSFA = decltype(ScaleConfig::deduce_layoutSFA());
-using LayoutSFB = decltype(ScaleConfig::deduce_layoutSFB());
-static_assert(size<0>(TileShape{}) == kGroupedGemmMAlignment, "the M tile is what grouped_gemm_m_alignment() reports");
-
-using CollectiveEpilogue = typename cutlass::epilogue::collective::CollectiveBuilder<
-    cutlass::arch::Sm90, cutlass::arch::OpClassTensorOp, TileShape, ClusterShape,
-    cutlass::epilogue::collective::EpilogueTileAuto, float, float,
-    void, LayoutD*, kAlignD,  // no source operand C
-    ElementD, LayoutD*, kAlignD, cutlass::epilogue::PtrArrayTmaWarpSpecializedCooperative,
-    cutlass::epilogue::fusion::LinearCombination<ElementD, float, void, float>>::CollectiveOp;
-
-using CollectiveMainloop = typename cutlass::gemm::collective::CollectiveBuilder<
-    cutlass::arch::Sm90, cutlass::arch::OpClassTensorOp, ElementA, cute::tuple<LayoutA*, LayoutSFA*>, kAlignAB,
-    ElementB, cute::tuple<LayoutB*, LayoutSFB*>, kAlignAB, float, TileShape, ClusterShape,
-    cutlass::gemm::collective::StageCountAutoCarveout<static_cast<int>(sizeof(typename CollectiveEpilogue::SharedStorage))>,
-    cutlass::gemm::KernelPtrArrayTmaWarpSpecializedCooperativeFP8BlockScaledAccum>::CollectiveOp;
-
-using GemmKernel = cutlass::gemm::kernel::GemmUniversal<ProblemShape, CollectiveMainloop, CollectiveEpilogue>;
-using Gemm = cutlass::gemm::device::GemmUniversalAdapter<GemmKernel>;
-
-using StrideA = typename GemmKernel::InternalStrideA;
-using StrideB = typename GemmKernel::InternalStrideB;
-using StrideD = typename GemmKernel::InternalStrideD;
-using Problem = typename ProblemShape::UnderlyingProblemShape;
-
-// The per-group argument arrays the kernel reads, carved from one device workspace.
-struct GroupArrays {
-  Problem* problems;
-  const ElementA** a;
-  const ElementB** b;
-  ElementD** d;
-  const float** sfa;
-  const float** sfb;
-  StrideA* stride_a;
-  StrideB* stride_b;
-  StrideD* stride_d;
-  LayoutSFA* layout_sfa;
-  LayoutSFB* layout_sfb;
-  int32_t* first;  // contiguous layout: smallest row of each group
-  int32_t* count;  // contiguous layout: rows of each group
-};
-
-// Lays the arrays out from `base` (nullptr: only measures). Returns the bytes used.
+// Lays the arrays out from `base` (nullptr: only measures). Returns the bytes used, at most
+// grouped_gemm_arrays_bytes(groups).
 int64_t carve(char* base, int64_t groups, GroupArrays* arrays) {
   int64_t offset = 0;
   auto take = [&](auto*& ptr, int64_t elem_bytes) {
@@ -161,33 +95,17 @@ __global__ void grouped_gemm_problems_kernel(GroupedGemmArgs a, GroupArrays g) {
   }
 }
 
-typename Gemm::Arguments gemm_arguments(const GroupArrays& g, int64_t groups, int sm_count) {
-  cutlass::KernelHardwareInfo hw;
-  cudaGetDevice(&hw.device_id);
-  hw.sm_count = sm_count;
-  typename Gemm::Arguments args{cutlass::gemm::GemmUniversalMode::kGrouped,
-                                {static_cast<int>(groups), g.problems, nullptr},  // sizes on the device only
-                                {g.a, g.stride_a, g.b, g.stride_b, g.sfa, g.layout_sfa, g.sfb, g.layout_sfb},
-                                {{}, nullptr, g.stride_d, g.d, g.stride_d},
-                                hw};
-  args.epilogue.thread.alpha = 1.0f;
-  args.epilogue.thread.beta = 0.0f;
-  return args;
-}
-
 }  // namespace
 
-int64_t grouped_gemm_workspace_bytes(int64_t groups) { return carve(nullptr, groups, nullptr); }
-
-int64_t grouped_gemm_cutlass_workspace_bytes(int64_t groups, int sm_count) {
-  GroupArrays none{};
-  return static_cast<int64_t>(Gemm::get_workspace_size(gemm_arguments(none, groups, sm_count)));
+int64_t grouped_gemm_cutlass_workspace_bytes(GroupedGemmTile tile, int64_t groups, int sm_count) {
+  return tile == GroupedGemmTile::kM64 ? sm90::cutlass_workspace_bytes<GroupedGemmTile::kM64>(groups, sm_count)
+                                       : sm90::cutlass_workspace_bytes<GroupedGemmTile::kM128>(groups, sm_count);
 }
 
 cudaError_t launch_fp8_grouped_gemm(const GroupedGemmArgs& a, cudaStream_t stream) {
   if (a.groups == 0 || a.m == 0 || a.n == 0) return cudaSuccess;
   if (a.k == 0) return cudaErrorInvalidValue;  // no K block: the caller writes the zeros itself
-  GroupArrays g;
+  sm90::GroupArrays g;
   carve(static_cast<char*>(a.workspace), a.groups, &g);
   const unsigned group_blocks = static_cast<unsigned>(ceil_div(a.groups, 128));
   if (a.layout == GroupedLayout::kContiguous) {
@@ -197,12 +115,12 @@ cudaError_t launch_fp8_grouped_gemm(const GroupedGemmArgs& a, cudaStream_t strea
   grouped_gemm_problems_kernel<<<group_blocks, 128, 0, stream>>>(a, g);
   if (cudaError_t err = cudaGetLastError(); err != cudaSuccess) return err;
 
-  Gemm gemm;
-  const auto args = gemm_arguments(g, a.groups, a.sm_count);
-  if (gemm.can_implement(args) != cutlass::Status::kSuccess) return cudaErrorInvalidConfiguration;
-  if (gemm.initialize(args, a.cutlass_workspace, stream) != cutlass::Status::kSuccess) return cudaErrorUnknown;
-  if (gemm.run(stream) != cutlass::Status::kSuccess) return cudaErrorLaunchFailure;
-  return cudaGetLastError();
+  // CUTLASS's part of the workspace: its TMA descriptors want an aligned start.
+  const auto arrays_end = static_cast<int64_t>(reinterpret_cast<uintptr_t>(a.workspace)) + grouped_gemm_arrays_bytes(a.groups);
+  void* cutlass_workspace = reinterpret_cast<void*>(static_cast<uintptr_t>(round_up(arrays_end, kCutlassAlignment)));
+  return a.tile == GroupedGemmTile::kM64
+             ? sm90::run_grouped_gemm<GroupedGemmTile::kM64>(g, a.groups, a.sm_count, cutlass_workspace, stream)
+             : sm90::run_grouped_gemm<GroupedGemmTile::kM128>(g, a.groups, a.sm_count, cutlass_workspace, stream);
 }
 
 }  // namespace glm52::moe

@@ -1,5 +1,5 @@
-// CUDA entry points of the MoE family: check, allocate device workspace (stream-ordered caching
-// allocator: no host sync, CUDA-graph safe), pick the stream, launch.
+// CUDA entry points of the MoE family: check, take the caller's workspace or allocate one (stream-ordered
+// caching allocator: no host sync, CUDA-graph safe), pick the stream, launch.
 #include "common/launch_dtype.h"
 #include "moe/cuda/moe_launch.h"
 #include "moe/moe_checks.h"
@@ -17,11 +17,14 @@ void check_int_rows(const char* op, const at::Tensor& a) {
   GLM52_CHECK_ARG(a.numel() / std::max<int64_t>(a.size(-1), 1) <= INT32_MAX, op, "a", "must have fewer than 2^31 rows");
 }
 
-void run_grouped_gemm(const char* op, GroupedLayout layout, const at::Tensor& a, const at::Tensor& a_scale,
-                      const at::Tensor& b, const at::Tensor& b_scale, const int32_t* m_indices,
-                      const int32_t* masked_m, at::Tensor& out) {
+// m_hint: what select_grouped_gemm_tile reads (the masked layout's expected_m, the dense rows).
+void run_grouped_gemm(const char* op, GroupedLayout layout, int64_t m_hint, const at::Tensor& a,
+                      const at::Tensor& a_scale, const at::Tensor& b, const at::Tensor& b_scale,
+                      const int32_t* m_indices, const int32_t* masked_m, const std::optional<at::Tensor>& workspace,
+                      at::Tensor& out) {
   check_gemm_cuda(op, a, b, out);
   check_int_rows(op, a);
+  check_gemm_workspace(op, workspace, a, b);
   const c10::cuda::CUDAGuard guard(a.device());
   const int64_t groups = b.dim() == 3 ? b.size(0) : 1, n = b.size(-2), k = b.size(-1);
   const int64_t m = layout == GroupedLayout::kMasked ? a.size(1) : a.size(0);
@@ -30,11 +33,16 @@ void run_grouped_gemm(const char* op, GroupedLayout layout, const at::Tensor& a,
     out.zero_();
     return;
   }
-  const int sm_count = at::cuda::getCurrentDeviceProperties()->multiProcessorCount;
-  auto workspace = at::empty({grouped_gemm_workspace_bytes(groups)}, a.options().dtype(at::kByte));
-  auto cutlass_workspace =
-      at::empty({std::max<int64_t>(grouped_gemm_cutlass_workspace_bytes(groups, sm_count), 1)}, a.options().dtype(at::kByte));
+  const GroupedGemmTile tile = select_grouped_gemm_tile(layout, m_hint);
+  // More SMs than the workspace bound covers would only add persistent CTAs: cap them.
+  const int sm_count = std::min(at::cuda::getCurrentDeviceProperties()->multiProcessorCount, kMaxGemmSmCount);
+  const int64_t cutlass_bytes = grouped_gemm_cutlass_workspace_bytes(tile, groups, sm_count);
+  TORCH_CHECK(cutlass_bytes <= grouped_gemm_cutlass_bytes_bound(), "glm52.", op, ": internal error: the ",
+              grouped_gemm_tile_name(tile), " kernel needs ", cutlass_bytes, " bytes of CUTLASS workspace, more than ",
+              "fp8_grouped_gemm_workspace_bytes reserves (", grouped_gemm_cutlass_bytes_bound(), ")");
+  auto scratch = workspace_or_new(workspace, grouped_gemm_workspace_bytes(groups), a);
   GroupedGemmArgs args{layout,
+                       tile,
                        static_cast<const uint8_t*>(a.const_data_ptr()),
                        a_scale.const_data_ptr<float>(),
                        static_cast<const uint8_t*>(b.const_data_ptr()),
@@ -46,8 +54,7 @@ void run_grouped_gemm(const char* op, GroupedLayout layout, const at::Tensor& a,
                        m,
                        n,
                        k,
-                       workspace.mutable_data_ptr(),
-                       cutlass_workspace.mutable_data_ptr(),
+                       scratch.mutable_data_ptr(),
                        sm_count};
   const cudaError_t err = launch_fp8_grouped_gemm(args, c10::cuda::getCurrentCUDAStream());
   TORCH_CHECK(err != cudaErrorInvalidConfiguration, "glm52.", op, ": the CUTLASS kernel cannot run this problem (N = ", n,
@@ -56,27 +63,29 @@ void run_grouped_gemm(const char* op, GroupedLayout layout, const at::Tensor& a,
 }
 
 void fp8_grouped_gemm_contiguous_out_cuda(const at::Tensor& a, const at::Tensor& a_scale, const at::Tensor& b,
-                                          const at::Tensor& b_scale, const at::Tensor& m_indices, at::Tensor& out) {
+                                          const at::Tensor& b_scale, const at::Tensor& m_indices,
+                                          const std::optional<at::Tensor>& workspace, at::Tensor& out) {
   check_contiguous_gemm(a, a_scale, b, b_scale, m_indices);
   check_gemm_out(kContiguousOp, out, {a.size(0), b.size(1)}, "[M, N]", a);
-  run_grouped_gemm(kContiguousOp, GroupedLayout::kContiguous, a, a_scale, b, b_scale, m_indices.const_data_ptr<int32_t>(),
-                   nullptr, out);
+  run_grouped_gemm(kContiguousOp, GroupedLayout::kContiguous, a.size(0), a, a_scale, b, b_scale,
+                   m_indices.const_data_ptr<int32_t>(), nullptr, workspace, out);
 }
 
 void fp8_grouped_gemm_masked_out_cuda(const at::Tensor& a, const at::Tensor& a_scale, const at::Tensor& b,
                                       const at::Tensor& b_scale, const at::Tensor& masked_m, int64_t expected_m,
-                                      at::Tensor& out) {
+                                      const std::optional<at::Tensor>& workspace, at::Tensor& out) {
   check_masked_gemm(a, a_scale, b, b_scale, masked_m, expected_m);
   check_gemm_out(kMaskedOp, out, {a.size(0), a.size(1), b.size(1)}, "[E, m_max, N]", a);
-  run_grouped_gemm(kMaskedOp, GroupedLayout::kMasked, a, a_scale, b, b_scale, nullptr, masked_m.const_data_ptr<int32_t>(),
-                   out);
+  run_grouped_gemm(kMaskedOp, GroupedLayout::kMasked, expected_m, a, a_scale, b, b_scale, nullptr,
+                   masked_m.const_data_ptr<int32_t>(), workspace, out);
 }
 
 void fp8_gemm_out_cuda(const at::Tensor& a, const at::Tensor& a_scale, const at::Tensor& b, const at::Tensor& b_scale,
-                       at::Tensor& out) {
+                       const std::optional<at::Tensor>& workspace, at::Tensor& out) {
   check_dense_gemm(a, a_scale, b, b_scale);
   check_gemm_out(kDenseOp, out, {a.size(0), b.size(0)}, "[M, N]", a);
-  run_grouped_gemm(kDenseOp, GroupedLayout::kDense, a, a_scale, b, b_scale, nullptr, nullptr, out);
+  run_grouped_gemm(kDenseOp, GroupedLayout::kDense, a.size(0), a, a_scale, b, b_scale, nullptr, nullptr, workspace,
+                   out);
 }
 
 void moe_route_out_cuda(const at::Tensor& logits, const at::Tensor& bias, int64_t top_k, int64_t n_group,
@@ -91,14 +100,17 @@ void moe_route_out_cuda(const at::Tensor& logits, const at::Tensor& bias, int64_
 }
 
 // Both layouts: contiguous (m_indices given) or masked (m_indices == nullptr, count = masked_m).
-void launch_permute(const at::Tensor& x, const std::optional<at::Tensor>& x_scale, const at::Tensor& ids,
-                    int64_t num_experts, int64_t alignment, at::Tensor& out, at::Tensor& out_scale, int32_t* m_indices,
-                    int32_t* masked_m, at::Tensor& row_map) {
+void launch_permute(const char* op, const at::Tensor& x, const std::optional<at::Tensor>& x_scale,
+                    const at::Tensor& ids, int64_t num_experts, int64_t alignment,
+                    const std::optional<at::Tensor>& workspace, at::Tensor& out, at::Tensor& out_scale,
+                    int32_t* m_indices, int32_t* masked_m, at::Tensor& row_map) {
+  check_permute_workspace(op, workspace, x, ids, num_experts);
   const c10::cuda::CUDAGuard guard(x.device());
   const int64_t routed = ids.numel();
-  auto prefix = at::empty({permute_chunks(routed) * num_experts + num_experts}, ids.options());
-  auto seg_start = at::empty({num_experts + 1}, ids.options().dtype(at::kLong));
-  int32_t* chunk_prefix = prefix.mutable_data_ptr<int32_t>();
+  // moe_layout.h's carving: chunk counts and expert counts (int32), then the segment starts (int64).
+  auto scratch = workspace_or_new(workspace, permute_workspace_bytes(routed, num_experts), x);
+  char* base = static_cast<char*>(scratch.mutable_data_ptr());
+  int32_t* chunk_prefix = reinterpret_cast<int32_t*>(base);
   PermuteArgs args{x.const_data_ptr(),
                    x_scale ? x_scale->const_data_ptr<float>() : nullptr,
                    ids.const_data_ptr<int32_t>(),
@@ -108,7 +120,7 @@ void launch_permute(const at::Tensor& x, const std::optional<at::Tensor>& x_scal
                    row_map.mutable_data_ptr<int32_t>(),
                    chunk_prefix,
                    masked_m ? masked_m : chunk_prefix + permute_chunks(routed) * num_experts,
-                   seg_start.mutable_data_ptr<int64_t>(),
+                   reinterpret_cast<int64_t*>(base + permute_seg_start_offset(routed, num_experts)),
                    x.size(0),
                    ids.size(1),
                    x.size(1) * x.element_size(),
@@ -121,19 +133,19 @@ void launch_permute(const at::Tensor& x, const std::optional<at::Tensor>& x_scal
 }
 
 void moe_permute_out_cuda(const at::Tensor& x, const std::optional<at::Tensor>& x_scale, const at::Tensor& ids,
-                          int64_t num_experts, int64_t alignment, at::Tensor& out, at::Tensor& out_scale,
-                          at::Tensor& m_indices, at::Tensor& row_map) {
+                          int64_t num_experts, int64_t alignment, const std::optional<at::Tensor>& workspace,
+                          at::Tensor& out, at::Tensor& out_scale, at::Tensor& m_indices, at::Tensor& row_map) {
   check_permute_out(x, x_scale, ids, num_experts, alignment, out, out_scale, m_indices, row_map);
-  launch_permute(x, x_scale, ids, num_experts, alignment, out, out_scale, m_indices.mutable_data_ptr<int32_t>(),
-                 nullptr, row_map);
+  launch_permute(kPermuteOp, x, x_scale, ids, num_experts, alignment, workspace, out, out_scale,
+                 m_indices.mutable_data_ptr<int32_t>(), nullptr, row_map);
 }
 
 void moe_permute_masked_out_cuda(const at::Tensor& x, const std::optional<at::Tensor>& x_scale, const at::Tensor& ids,
-                                 int64_t num_experts, at::Tensor& out, at::Tensor& out_scale, at::Tensor& masked_m,
-                                 at::Tensor& row_map) {
+                                 int64_t num_experts, const std::optional<at::Tensor>& workspace, at::Tensor& out,
+                                 at::Tensor& out_scale, at::Tensor& masked_m, at::Tensor& row_map) {
   check_permute_masked_out(x, x_scale, ids, num_experts, out, out_scale, masked_m, row_map);
-  launch_permute(x, x_scale, ids, num_experts, 1, out, out_scale, nullptr, masked_m.mutable_data_ptr<int32_t>(),
-                 row_map);
+  launch_permute(kPermuteMaskedOp, x, x_scale, ids, num_experts, 1, workspace, out, out_scale, nullptr,
+                 masked_m.mutable_data_ptr<int32_t>(), row_map);
 }
 
 void moe_unpermute_out_cuda(const at::Tensor& y, const at::Tensor& weights, const at::Tensor& row_map, at::Tensor& out) {

@@ -4,6 +4,7 @@
 #pragma once
 
 #include "common/dtype.h"
+#include "moe/moe_gemm_config.h"
 #include "moe/moe_route.h"
 
 #include <cuda_runtime_api.h>
@@ -42,7 +43,6 @@ struct PermuteArgs {
   bool masked;            // the masked layout: segments at e * tokens, m_indices == nullptr
 };
 
-int64_t permute_chunks(int64_t routed);
 cudaError_t launch_moe_permute(const PermuteArgs& args, cudaStream_t stream);
 
 struct UnpermuteArgs {
@@ -72,15 +72,9 @@ cudaError_t launch_silu_and_mul_quant_fp8(const SiluQuantArgs& args, cudaStream_
 
 // --- FP8 block-scaled grouped GEMM (CUTLASS, sm90a) ---
 
-// Which rows each group covers, decided on the device from these (no host sync).
-enum class GroupedLayout {
-  kContiguous,  // a [m, k]; group e = the rows with m_indices == e (contiguous); -1 rows -> zeros
-  kMasked,      // a [groups, m, k]; group e = rows [e*m, e*m + clamp(masked_m[e], 0, m))
-  kDense,       // a [m, k]; one group, b [n, k]
-};
-
 struct GroupedGemmArgs {
   GroupedLayout layout;
+  GroupedGemmTile tile;      // select_grouped_gemm_tile(layout, hint)
   const uint8_t* a;          // contiguous/dense [m, k] or masked [groups, m, k] e4m3
   const float* a_scale;      // as a with k -> k / 128 fp32 (one scale per row per 128 columns)
   const uint8_t* b;          // [groups, n, k] e4m3
@@ -90,12 +84,12 @@ struct GroupedGemmArgs {
   const int32_t* masked_m;   // kMasked: [groups] int32
   int64_t groups, m, n, k;   // n, k multiples of 128
   void* workspace;           // grouped_gemm_workspace_bytes(groups) bytes, 16-byte aligned
-  void* cutlass_workspace;   // grouped_gemm_cutlass_workspace_bytes(groups) bytes
-  int sm_count;
+  int sm_count;              // at most kMaxGemmSmCount
 };
 
-int64_t grouped_gemm_workspace_bytes(int64_t groups);
-int64_t grouped_gemm_cutlass_workspace_bytes(int64_t groups, int sm_count);
+// Bytes of CUTLASS workspace `tile` needs on sm_count SMs (exact; its part of the bound is
+// grouped_gemm_cutlass_bytes_bound() for sm_count <= kMaxGemmSmCount).
+int64_t grouped_gemm_cutlass_workspace_bytes(GroupedGemmTile tile, int64_t groups, int sm_count);
 cudaError_t launch_fp8_grouped_gemm(const GroupedGemmArgs& args, cudaStream_t stream);
 
 }  // namespace glm52::moe

@@ -154,8 +154,6 @@ cudaError_t launch_unpermute_typed(const UnpermuteArgs& a, cudaStream_t stream) 
 
 }  // namespace
 
-int64_t permute_chunks(int64_t routed) { return ceil_div(routed, kPermuteChunk); }
-
 cudaError_t launch_moe_permute(const PermuteArgs& a, cudaStream_t stream) {
   const int64_t routed = a.tokens * a.top_k, chunks = permute_chunks(routed);
   if (routed == 0) return cudaSuccess;  // no rows either: permuted_rows_bound(0, ...) == 0

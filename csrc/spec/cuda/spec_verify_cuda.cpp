@@ -17,12 +17,9 @@ namespace {
 
 int sm_count() { return at::cuda::getCurrentDeviceProperties()->multiProcessorCount; }
 
-// The caller's workspace, or one from the caching allocator (CUDA-graph safe) of the bound's size.
-at::Tensor workspace_or_new(const std::optional<at::Tensor>& workspace, const at::Tensor& draft, int64_t vocab,
+at::Tensor verify_workspace(const std::optional<at::Tensor>& workspace, const at::Tensor& draft, int64_t vocab,
                             bool sampling) {
-  if (workspace.has_value()) return *workspace;
-  const int64_t bytes = spec_verify_workspace_bytes(draft.size(0), draft.size(1), vocab, sampling);
-  return at::empty({std::max<int64_t>(bytes, 1)}, draft.options().dtype(at::kByte));
+  return workspace_or_new(workspace, spec_verify_workspace_bytes(draft.size(0), draft.size(1), vocab, sampling), draft);
 }
 
 void spec_verify_greedy_out_cuda(const at::Tensor& draft, const at::Tensor& target_logits,
@@ -36,7 +33,7 @@ void spec_verify_greedy_out_cuda(const at::Tensor& draft, const at::Tensor& targ
   const int64_t splits = plan_greedy_splits(batch * (n + 1), vocab, sm_count());
   // [rows, splits] fp32 maxima, then (16-byte aligned) their int32 indices: within the bound, which
   // is computed for greedy_max_splits >= splits.
-  auto scratch = workspace_or_new(workspace, draft, vocab, false);
+  auto scratch = verify_workspace(workspace, draft, vocab, false);
   char* base = static_cast<char*>(scratch.mutable_data_ptr());
   const int64_t part = spec_verify_workspace_bytes(batch, n, vocab, false) / 2;
   GreedyVerifyArgs args{draft.const_data_ptr(), draft.scalar_type() == at::kLong, target_logits.const_data_ptr(),
@@ -56,7 +53,7 @@ void launch_sampling(const at::Tensor& draft, const std::optional<at::Tensor>& d
   const int64_t batch = draft.size(0), n = draft.size(1), vocab = target_probs.size(2);
   check_workspace(workspace, draft, vocab, true, kSamplingOp);
   const c10::cuda::CUDAGuard guard(draft.device());
-  auto tile_totals = workspace_or_new(workspace, draft, vocab, true);  // [batch, scan_tiles(vocab)] fp32
+  auto tile_totals = verify_workspace(workspace, draft, vocab, true);  // [batch, scan_tiles(vocab)] fp32
   SamplingVerifyArgs args{draft.const_data_ptr(),
                           draft.scalar_type() == at::kLong,
                           draft_probs.has_value() ? draft_probs->const_data_ptr<float>() : nullptr,
