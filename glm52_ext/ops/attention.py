@@ -41,6 +41,8 @@ instead (a cross-check). No op synchronizes with the host; all are CUDA-graph sa
 
 from __future__ import annotations
 
+import os
+
 import torch
 
 from ._outputs import functional_or_out
@@ -50,6 +52,7 @@ __all__ = [
     "indexer_logits",
     "indexer_logits_paged",
     "indexer_topk",
+    "indexer_topk_kernel",
     "indexer_topk_paged",
     "mla_cache_write",
     "sparse_mla_decode",
@@ -235,9 +238,14 @@ def indexer_topk(
     order, ties to the lower column, −1 padded (a range shorter than ``k`` takes all its finite
     scores). Key tiles are scored and reduced into a per-row running selection of at most
     ``2k + 256`` candidates; memory is O(S·k) whatever L is. CPU: the scores are bit-identical to
-    :func:`indexer_logits`. CUDA (sm_90a): one CTA per row, keys scored by the fp32 SIMT indexer
-    code, so it equals :func:`indexer_logits` under ``GLM52_INDEXER_KERNEL=simt`` (the QGMMA logits
-    round differently). No host synchronization.
+    :func:`indexer_logits`. CUDA (sm_90a): the scoring follows :func:`indexer_logits`'s kernel
+    choice, so the result is ``topk_indices`` of that op's logits on the same device: 32 or 64 heads
+    score on tensor cores (QGMMA, the logits kernel's tile code; a CTA holds the 64 / H rows of one
+    wgmma tile and their selections), other head counts and ``GLM52_INDEXER_KERNEL=simt`` with the
+    fp32 SIMT code (one CTA per row). With 32 heads and ``k > 5600`` the two rows' candidates do not
+    fit a CTA's shared memory: such calls score with the SIMT code, which equals the logits only
+    under ``GLM52_INDEXER_KERNEL=simt`` (:func:`indexer_topk_kernel` says which kernel runs). No
+    host synchronization.
 
     Parameters
     ----------
@@ -284,6 +292,29 @@ def indexer_topk_paged(
         return torch.ops.glm52.indexer_topk_paged(q8, weights, cache, block_table, lengths, k)
     torch.ops.glm52.indexer_topk_paged_out(q8, weights, cache, block_table, lengths, k, out=out)
     return out
+
+
+def indexer_topk_kernel(heads: int, k: int, tensor_cores: bool | None = None) -> tuple[str, int]:
+    """The CUDA kernel :func:`indexer_topk` / :func:`indexer_topk_paged` launch for ``heads`` and
+    ``k``, and its dynamic shared memory per CTA in bytes (answered on any build, no GPU needed).
+
+    ``"qgmma"`` (tensor-core scoring) for 32 or 64 heads when tensor cores are allowed and
+    ``48 KiB + (64 / heads) · (2k + 256) · 8`` bytes fit an sm_90 CTA (227 KiB): every ``k`` for 64
+    heads, ``k <= 5600`` for 32 heads; ``"simt"`` otherwise (``heads · 512 + (2k + 256) · 8`` bytes).
+
+    Parameters
+    ----------
+    heads : int
+        Indexer heads, 1..128.
+    k : int
+        Number to select, 0..8192.
+    tensor_cores : bool, optional
+        Whether tensor cores are allowed; default: unless ``GLM52_INDEXER_KERNEL=simt`` is set.
+    """
+    if tensor_cores is None:
+        tensor_cores = os.environ.get("GLM52_INDEXER_KERNEL") != "simt"
+    kernel, smem = torch.ops.glm52.indexer_topk_kernel(heads, k, tensor_cores)
+    return str(kernel), int(smem)
 
 
 def sparse_mla_prefill(
