@@ -1,7 +1,7 @@
 // Block-wide steps of the streaming top-k (attention_topk_stream.h), shared by the fused indexer
 // top-k kernels (SIMT: 256 threads, one row per CTA; QGMMA: 128 threads, 64 / H rows per CTA): the
 // same selection the CPU twin runs serially, with block-wide histograms and an order-preserving
-// block scan for the compaction.
+// block scan for the compaction. Inlined: the callers' selection state stays in registers.
 #pragma once
 
 #include "attention/attention_topk_stream.h"
@@ -21,7 +21,7 @@ struct BlockTopk {
   };
 
   // topk_select_keys over keys [n] (all finite); every thread returns the selection.
-  static __device__ TopkSelection select(const uint32_t* keys, int64_t n, int64_t k, Shared& sh) {
+  static __device__ __forceinline__ TopkSelection select(const uint32_t* keys, int64_t n, int64_t k, Shared& sh) {
     TopkSelection sel = topk_begin(n, k);
     for (int pass = 0; !sel.take_all && pass < kTopkPasses; ++pass) {
       for (int b = threadIdx.x; b < kTopkBins; b += kThreads) sh.hist[b] = 0;
@@ -45,7 +45,7 @@ struct BlockTopk {
   // topk_compact: selected entry j goes to out_cols[j] (and out_keys[j] unless null); in place
   // allowed (each tile is read before any of its entries is written, and positions never pass
   // their source).
-  static __device__ void compact(const TopkSelection& sel, const uint32_t* keys, const int32_t* cols, int64_t n,
+  static __device__ __forceinline__ void compact(const TopkSelection& sel, const uint32_t* keys, const int32_t* cols, int64_t n,
                                  uint32_t* out_keys, int32_t* out_cols, Shared& sh) {
     static_assert(kThreads < (1 << 16), "greater/equal counts share one 32-bit scan value");
     int64_t greater_base = 0, equal_base = 0;
@@ -77,14 +77,14 @@ struct BlockTopk {
   }
 
   // stream_topk_reduce: the buffer [st.count] (2k or more finite keys) down to its k best.
-  static __device__ void reduce(TopkStream& st, uint32_t* keys, int32_t* cols, int64_t k, Shared& sh) {
+  static __device__ __forceinline__ void reduce(TopkStream& st, uint32_t* keys, int32_t* cols, int64_t k, Shared& sh) {
     const TopkSelection sel = select(keys, st.count, k, sh);
     compact(sel, keys, cols, st.count, keys, cols, sh);
     st = {k, true, sel.threshold};  // exactly k taken: the buffer held 2k > k finite keys
   }
 
   // The row's result: its selected columns in column order to out [k] (already -1 filled).
-  static __device__ void finish(const TopkStream& st, const uint32_t* keys, const int32_t* cols, int64_t k,
+  static __device__ __forceinline__ void finish(const TopkStream& st, const uint32_t* keys, const int32_t* cols, int64_t k,
                                 int32_t* out, Shared& sh) {
     const TopkSelection sel = select(keys, st.count, k, sh);
     compact(sel, keys, cols, st.count, nullptr, out, sh);

@@ -48,13 +48,15 @@ __global__ void __launch_bounds__(kThreads, 1) indexer_topk_qgmma_kernel(Indexer
     if (i < qb.per_cta && qb.valid(i))
       for (int64_t j = threadIdx.x; j < a.k; j += kThreads) a.out[qb.row(i) * a.k + j] = -1;
   const QueryRanges qr = query_ranges(keys, qb);
-  const int tiles = qr.all.begin < qr.all.end ? static_cast<int>(ceil_div(qr.all.end - qr.all.begin, kKeyTile)) : 0;
+  // Tiles on the logits kernel's 128-key grid: every wgmma sees the operands it sees there.
+  const int64_t first = qr.all.begin < qr.all.end ? qr.all.begin / kKeyTile * kKeyTile : 0;
+  const int tiles = qr.all.begin < qr.all.end ? static_cast<int>(ceil_div(qr.all.end - first, kKeyTile)) : 0;
 
   TopkStream st[kMaxQueries];  // each identical in every thread
 #pragma unroll
   for (int i = 0; i < kMaxQueries; ++i) st[i] = stream_topk_begin();
   for_each_key_tile(
-      keys, sm.tile, qb.seq, qr, qr.all.begin, tiles, s.out_cols,
+      keys, sm.tile, qb.seq, qr, first, tiles, s.out_cols,
       [&](int64_t t0, int stage) {
 #pragma unroll
         for (int i = 0; i < kMaxQueries; ++i)
