@@ -186,36 +186,39 @@ def candidate_bytes(k: int) -> int:
 
 
 @pytest.mark.parametrize(
-    "heads,k,tensor_cores,kernel,smem",
+    "heads,k,tensor_cores,kernel,rows,smem",
     [
-        (32, 2048, True, "qgmma", QGMMA_FIXED_SMEM + 2 * candidate_bytes(2048)),  # GLM-5.2: 116 KiB
-        (64, 2048, True, "qgmma", QGMMA_FIXED_SMEM + candidate_bytes(2048)),
-        (64, 8192, True, "qgmma", QGMMA_FIXED_SMEM + candidate_bytes(8192)),  # one row per CTA: every k fits
-        (32, 5600, True, "qgmma", SM90_SMEM),  # two rows per CTA: the largest k that fits
-        (32, 5601, True, "simt", 32 * 512 + candidate_bytes(5601)),
-        (32, 0, True, "qgmma", QGMMA_FIXED_SMEM + 2 * candidate_bytes(0)),
-        (32, 2048, False, "simt", 32 * 512 + candidate_bytes(2048)),
-        (64, 100, False, "simt", 64 * 512 + candidate_bytes(100)),
-        (1, 2048, True, "simt", 512 + candidate_bytes(2048)),
-        (16, 7, True, "simt", 16 * 512 + candidate_bytes(7)),
-        (128, 8192, True, "simt", 128 * 512 + candidate_bytes(8192)),
+        (32, 2048, True, "qgmma", 2, QGMMA_FIXED_SMEM + 2 * candidate_bytes(2048)),  # GLM-5.2: 116 KiB
+        (64, 2048, True, "qgmma", 1, QGMMA_FIXED_SMEM + candidate_bytes(2048)),
+        (64, 8192, True, "qgmma", 1, QGMMA_FIXED_SMEM + candidate_bytes(8192)),
+        (32, 5600, True, "qgmma", 2, SM90_SMEM),  # the largest k whose two buffers fit
+        (32, 5601, True, "qgmma", 1, QGMMA_FIXED_SMEM + candidate_bytes(5601)),  # one query per CTA
+        (32, 8192, True, "qgmma", 1, QGMMA_FIXED_SMEM + candidate_bytes(8192)),
+        (32, 0, True, "qgmma", 2, QGMMA_FIXED_SMEM + 2 * candidate_bytes(0)),
+        (32, 2048, False, "simt", 1, 32 * 512 + candidate_bytes(2048)),
+        (64, 100, False, "simt", 1, 64 * 512 + candidate_bytes(100)),
+        (1, 2048, True, "simt", 1, 512 + candidate_bytes(2048)),
+        (16, 7, True, "simt", 1, 16 * 512 + candidate_bytes(7)),
+        (128, 8192, True, "simt", 1, 128 * 512 + candidate_bytes(8192)),
     ],
 )
-def test_indexer_topk_kernel_choice(heads, k, tensor_cores, kernel, smem):
-    """The launcher's rule, answered on any build: QGMMA for 32 or 64 heads when its shared memory
-    (fixed tiles + 64 / H rows of 2k + 256 candidates) fits an sm_90 CTA, SIMT otherwise."""
-    assert ops.indexer_topk_kernel(heads, k, tensor_cores) == (kernel, smem)
+def test_indexer_topk_kernel_choice(heads, k, tensor_cores, kernel, rows, smem):
+    """The launcher's rule, answered on any build: QGMMA for 32 or 64 heads (as indexer_logits), one
+    CTA selecting for the 64 / H queries of its wgmma tile when their 2k + 256 candidates fit next to
+    the fixed 48 KiB, else for one; SIMT otherwise."""
+    assert ops.indexer_topk_kernel(heads, k, tensor_cores) == (kernel, rows, smem)
     assert smem <= SM90_SMEM
 
 
 def test_indexer_topk_kernel_every_shape_fits():
-    """Whatever the heads and k the op accepts, the chosen kernel's shared memory fits a CTA (the
-    SIMT kernel needs no refusal: at most 194 KiB)."""
+    """Whatever heads and k the op accepts, the chosen kernel's shared memory fits a CTA: nothing to
+    refuse."""
     for heads in range(1, 129):
         for k in (0, 1, 2048, 5600, 5601, 8192):
             for tensor_cores in (True, False):
-                kernel, smem = ops.indexer_topk_kernel(heads, k, tensor_cores)
-                assert kernel == ("qgmma" if tensor_cores and heads in (32, 64) and (heads == 64 or k <= 5600) else "simt")
+                kernel, rows, smem = ops.indexer_topk_kernel(heads, k, tensor_cores)
+                assert kernel == ("qgmma" if tensor_cores and heads in (32, 64) else "simt")
+                assert rows == (2 if kernel == "qgmma" and heads == 32 and k <= 5600 else 1)
                 assert 0 < smem <= SM90_SMEM
 
 
@@ -236,7 +239,7 @@ def test_indexer_topk_kernel_rejects_bad_input():
 @pytest.mark.cuda
 @pytest.mark.usefixtures("tensor_core_logits")
 @pytest.mark.parametrize("heads", [32, 64])
-@pytest.mark.parametrize("k,l", [(1, 1000), (7, 3001), (300, 1000), (256, 4097), (2048, 9000)])
+@pytest.mark.parametrize("k,l", [(1, 1000), (7, 3001), (300, 1000), (256, 4097), (2048, 9000), (6000, 14000)])
 def test_indexer_topk_qgmma_equals_logits_then_topk(heads, k, l):
     """QGMMA scoring: the fused result is topk_indices of the QGMMA indexer_logits, bit for bit (same
     tile code), on random data with ragged ranges (empty, negative start, past L, two queries of one
@@ -257,9 +260,9 @@ def test_indexer_topk_qgmma_equals_logits_then_topk(heads, k, l):
 @pytest.mark.usefixtures("tensor_core_logits")
 @pytest.mark.parametrize("heads,k", [(32, 5), (32, 63), (32, 701), (64, 5), (64, 701), (32, 5601), (64, 8192)])
 def test_indexer_topk_qgmma_ties_match_reference_and_cpu(heads, k):
-    """Exact-integer data (every score exact on tensor cores too) where every key has a twin 1300
-    columns later: the QGMMA path (and, for 32 heads with k > 5600, its SIMT fallback) equals the
-    fp64 reference and the CPU twin exactly, ties to the lower column."""
+    """Exact-integer data (every score exact on tensor cores too) where every key has a twin half the
+    keys later: the QGMMA path (32 heads with k > 5600: one query per CTA) equals the fp64 reference
+    and the CPU twin exactly, ties to the lower column."""
     g = gen(k + heads)
     s, l = 5, max(2600, 2 * k + 600)
     l += l % 2
@@ -275,7 +278,7 @@ def test_indexer_topk_qgmma_ties_match_reference_and_cpu(heads, k):
 
 @pytest.mark.cuda
 @pytest.mark.usefixtures("tensor_core_logits")
-@pytest.mark.parametrize("heads,k", [(32, 3), (32, 100), (64, 100), (32, 2048)])
+@pytest.mark.parametrize("heads,k", [(32, 3), (32, 100), (64, 100), (32, 2048), (32, 6000)])
 def test_indexer_topk_paged_qgmma_equals_logits_then_topk(heads, k):
     """Paged keys on the QGMMA path: scattered pages, an odd n (32 heads: a CTA with one query), an
     unmapped block, a zero length, lengths past the table."""

@@ -39,12 +39,15 @@ at::Tensor indexer_topk_paged(const at::Tensor& q8, const at::Tensor& weights, c
   return out;
 }
 
-std::tuple<std::string, int64_t> indexer_topk_kernel(int64_t heads, int64_t k, bool tensor_cores) {
+// (kernel, query rows one CTA selects for, dynamic shared bytes per CTA).
+std::tuple<std::string, int64_t, int64_t> indexer_topk_kernel(int64_t heads, int64_t k, bool tensor_cores) {
   constexpr const char* op = "indexer_topk_kernel";
   GLM52_CHECK_ARG(heads >= 1 && heads <= kMaxHeads, op, "heads", "must be in [1, ", kMaxHeads, "], got ", heads);
   check_stream_k(k, op);
-  const IndexerTopkKernel kernel = indexer_topk_kernel_for(heads, k, tensor_cores);
-  return {kernel == IndexerTopkKernel::kQgmma ? "qgmma" : "simt", indexer_topk_smem_bytes(kernel, heads, k)};
+  const IndexerTopkKernel kernel = indexer_topk_kernel_for(heads, tensor_cores);
+  const bool qgmma = kernel == IndexerTopkKernel::kQgmma;
+  return {qgmma ? "qgmma" : "simt", qgmma ? indexer_topk_qgmma_selected(heads, k) : 1,
+          indexer_topk_smem_bytes(kernel, heads, k)};
 }
 
 }  // namespace
@@ -57,8 +60,8 @@ TORCH_LIBRARY_FRAGMENT(glm52, m) {
         "-> Tensor");
   m.def("indexer_topk_paged_out(Tensor q8, Tensor weights, Tensor cache, Tensor block_table, Tensor lengths, "
         "int k, *, Tensor(a!) out) -> ()");
-  // (kernel, dynamic shared bytes per CTA) the CUDA launcher takes for these heads and k.
-  m.def("indexer_topk_kernel(int heads, int k, bool tensor_cores=True) -> (str, int)", &indexer_topk_kernel);
+  // The CUDA launcher's choice for these heads and k: (kernel, rows per CTA, shared bytes per CTA).
+  m.def("indexer_topk_kernel(int heads, int k, bool tensor_cores=True) -> (str, int, int)", &indexer_topk_kernel);
 }
 
 TORCH_LIBRARY_IMPL(glm52, CompositeExplicitAutograd, m) {

@@ -240,12 +240,10 @@ def indexer_topk(
     ``2k + 256`` candidates; memory is O(S·k) whatever L is. CPU: the scores are bit-identical to
     :func:`indexer_logits`. CUDA (sm_90a): the scoring follows :func:`indexer_logits`'s kernel
     choice, so the result is ``topk_indices`` of that op's logits on the same device: 32 or 64 heads
-    score on tensor cores (QGMMA, the logits kernel's tile code; a CTA holds the 64 / H rows of one
-    wgmma tile and their selections), other head counts and ``GLM52_INDEXER_KERNEL=simt`` with the
-    fp32 SIMT code (one CTA per row). With 32 heads and ``k > 5600`` the two rows' candidates do not
-    fit a CTA's shared memory: such calls score with the SIMT code, which equals the logits only
-    under ``GLM52_INDEXER_KERNEL=simt`` (:func:`indexer_topk_kernel` says which kernel runs). No
-    host synchronization.
+    score on tensor cores (QGMMA, the logits kernel's tile code; a CTA scores the 64 / H rows of one
+    wgmma tile and keeps their selections in shared memory), other head counts and ``GLM52_INDEXER_KERNEL=simt`` with the
+    fp32 SIMT code (one CTA per row); :func:`indexer_topk_kernel` says which. No host
+    synchronization.
 
     Parameters
     ----------
@@ -294,13 +292,16 @@ def indexer_topk_paged(
     return out
 
 
-def indexer_topk_kernel(heads: int, k: int, tensor_cores: bool | None = None) -> tuple[str, int]:
-    """The CUDA kernel :func:`indexer_topk` / :func:`indexer_topk_paged` launch for ``heads`` and
-    ``k``, and its dynamic shared memory per CTA in bytes (answered on any build, no GPU needed).
+def indexer_topk_kernel(heads: int, k: int, tensor_cores: bool | None = None) -> tuple[str, int, int]:
+    """How the CUDA :func:`indexer_topk` / :func:`indexer_topk_paged` run for ``heads`` and ``k``
+    (answered on any build, no GPU needed): ``(kernel, rows, smem)``.
 
-    ``"qgmma"`` (tensor-core scoring) for 32 or 64 heads when tensor cores are allowed and
-    ``48 KiB + (64 / heads) · (2k + 256) · 8`` bytes fit an sm_90 CTA (227 KiB): every ``k`` for 64
-    heads, ``k <= 5600`` for 32 heads; ``"simt"`` otherwise (``heads · 512 + (2k + 256) · 8`` bytes).
+    ``kernel`` is ``"qgmma"`` (tensor-core scoring, as :func:`indexer_logits`) for 32 or 64 heads
+    when tensor cores are allowed, ``"simt"`` otherwise. ``rows``: query rows whose selection one CTA
+    keeps (SIMT: 1; QGMMA: the 64 / heads queries of one wgmma tile when their candidates fit, else 1,
+    i.e. 32 heads with ``k > 5600``). ``smem``: dynamic shared bytes per CTA, QGMMA
+    ``48 KiB + rows · (2k + 256) · 8``, SIMT ``heads · 512 + (2k + 256) · 8``; always within an sm_90
+    CTA's 227 KiB for the accepted heads and k.
 
     Parameters
     ----------
@@ -313,8 +314,8 @@ def indexer_topk_kernel(heads: int, k: int, tensor_cores: bool | None = None) ->
     """
     if tensor_cores is None:
         tensor_cores = os.environ.get("GLM52_INDEXER_KERNEL") != "simt"
-    kernel, smem = torch.ops.glm52.indexer_topk_kernel(heads, k, tensor_cores)
-    return str(kernel), int(smem)
+    kernel, rows, smem = torch.ops.glm52.indexer_topk_kernel(heads, k, tensor_cores)
+    return str(kernel), int(rows), int(smem)
 
 
 def sparse_mla_prefill(

@@ -22,9 +22,9 @@ __global__ void __launch_bounds__(kThreads, 1) indexer_logits_qgmma_kernel(Index
   check_smem_alignment(smem_raw);
   TileSmem& sm = *reinterpret_cast<TileSmem*>(smem_raw);
   const Keys keys{a};
-  const QueryBlock qb = QueryBlock::of_cta(a);
+  const QueryBlock qb = QueryBlock::of_tile(a, blockIdx.x);
   load_query_tile(a, qb, sm);
-  const QueryRanges qr = query_ranges(keys, qb);
+  const QueryRanges qr = query_ranges(keys, qb, 0, qb.per_cta);
 
   for (int64_t chunk0 = int64_t{blockIdx.y} * kTilesPerCta * kKeyTile; chunk0 < a.out_cols;
        chunk0 += int64_t{gridDim.y} * kTilesPerCta * kKeyTile) {
@@ -52,7 +52,7 @@ cudaError_t launch_typed(const IndexerLogitsArgs& a, cudaStream_t stream) {
   constexpr int smem = static_cast<int>(sizeof(TileSmem));
   cudaError_t err = cudaFuncSetAttribute(indexer_logits_qgmma_kernel<Keys>, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
   if (err != cudaSuccess) return err;
-  const dim3 grid(static_cast<unsigned>(qgmma_ctas(a)),
+  const dim3 grid(static_cast<unsigned>(qgmma_tiles(a)),
                   static_cast<unsigned>(std::min<int64_t>(ceil_div(a.out_cols, kTilesPerCta * kKeyTile), 65535)));
   indexer_logits_qgmma_kernel<Keys><<<grid, kThreads, smem, stream>>>(a);
   return cudaGetLastError();

@@ -58,21 +58,22 @@ __device__ __forceinline__ void check_smem_alignment(const void* smem) {
   if (threadIdx.x == 0 && (__cvta_generic_to_shared(smem) & 1023) != 0) __trap();
 }
 
-// The CTA's queries: rows seq * n + j for j in [j0, j0 + per_cta) with j < n; CTA b takes block
-// b % ceil(n / per_cta) of sequence b / ceil(n / per_cta).
+// The queries of M tile b: rows seq * n + j for j in [j0, j0 + per_cta) with j < n; tile b is
+// block b % ceil(n / per_cta) of sequence b / ceil(n / per_cta).
 struct QueryBlock {
   int64_t seq, j0, n;
   int per_cta;
-  __device__ static QueryBlock of_cta(const IndexerLogitsArgs& a) {
+  __device__ static QueryBlock of_tile(const IndexerLogitsArgs& a, int64_t b) {
     const int per_cta = kRows / static_cast<int>(a.heads);
     const int64_t blocks_per_seq = ceil_div(a.queries_per_seq, per_cta);
-    return {blockIdx.x / blocks_per_seq, (blockIdx.x % blocks_per_seq) * per_cta, a.queries_per_seq, per_cta};
+    return {b / blocks_per_seq, (b % blocks_per_seq) * per_cta, a.queries_per_seq, per_cta};
   }
   __device__ bool valid(int i) const { return j0 + i < n; }
   __device__ int64_t row(int i) const { return seq * n + j0 + i; }
 };
 
-GLM52_HD int64_t qgmma_ctas(const IndexerLogitsArgs& a) {
+// Number of M tiles.
+GLM52_HD int64_t qgmma_tiles(const IndexerLogitsArgs& a) {
   return a.rows / a.queries_per_seq * ceil_div(a.queries_per_seq, kRows / a.heads);
 }
 
@@ -87,13 +88,15 @@ struct QueryRanges {
   }
 };
 
+// Queries [first, first + count) of the block get their ranges, the others none (never scored).
 template <typename Keys>
-__device__ QueryRanges query_ranges(const Keys& keys, const QueryBlock& qb) {
+__device__ QueryRanges query_ranges(const Keys& keys, const QueryBlock& qb, int first, int count) {
   QueryRanges r;
   r.all = {INT64_MAX, 0};
 #pragma unroll
   for (int i = 0; i < kMaxQueries; ++i) {
-    r.ranges[i] = i < qb.per_cta && qb.valid(i) ? keys.range(qb.row(i)) : KeyRange{0, 0};
+    const bool take = i >= first && i < first + count && i < qb.per_cta && qb.valid(i);
+    r.ranges[i] = take ? keys.range(qb.row(i)) : KeyRange{0, 0};
     if (r.ranges[i].begin < r.ranges[i].end)
       r.all = {min(r.all.begin, r.ranges[i].begin), max(r.all.end, r.ranges[i].end)};
   }

@@ -7,9 +7,9 @@
 //
 // Shared memory: the row's q [H, 128] fp32 and 2k + 256 candidates (8 B each): at most
 // 64 KB + 130 KB for H = 128, k = 8192 (indexer_topk_plan.h).
-// This is the kernel for head counts other than 32 and 64, for k too large for the QGMMA kernel's
-// two rows per CTA, and under GLM52_INDEXER_KERNEL=simt; 32 and 64 heads otherwise score on tensor
-// cores (indexer_topk_qgmma_kernels.cu, the same selection). One CTA per row also leaves most SMs
+// This is the kernel for head counts other than 32 and 64 and under GLM52_INDEXER_KERNEL=simt; 32
+// and 64 heads otherwise score on tensor cores (indexer_topk_qgmma_kernels.cu, the same selection),
+// as indexer_logits does. One CTA per row also leaves most SMs
 // idle for decode-sized batches (a split of the key range over CTAs merged like context-parallel
 // shards is the next step).
 #include "attention/indexer_topk_plan.h"
@@ -85,7 +85,7 @@ cudaError_t launch_typed(const IndexerTopkArgs& a, cudaStream_t stream) {
 
 cudaError_t launch_indexer_topk(const IndexerTopkArgs& a, bool tensor_cores, cudaStream_t stream) {
   if (a.scores.rows == 0 || a.k == 0) return cudaSuccess;
-  if (indexer_topk_kernel_for(a.scores.heads, a.k, tensor_cores) == IndexerTopkKernel::kQgmma)
+  if (indexer_topk_kernel_for(a.scores.heads, tensor_cores) == IndexerTopkKernel::kQgmma)
     return launch_indexer_topk_qgmma(a, stream);
   return a.scores.paged ? launch_typed<IndexerPagedKeys>(a, stream) : launch_typed<IndexerFlatKeys>(a, stream);
 }
