@@ -134,7 +134,7 @@ __device__ void load_key_tile(const Keys& keys, TileSmem& sm, int64_t seq, int64
 
 // The 64 x 128 scores of the key tile in `stage`, reduced over heads into sm.partial[warp][column]
 // (each warp's 16 rows). The caller synchronizes before reading partial (tile_sum).
-__device__ inline void score_key_tile(TileSmem& sm, int stage) {
+__device__ __forceinline__ void score_key_tile(TileSmem& sm, int stage) {
   Mma mma;
   auto thr = mma.get_thread_slice(threadIdx.x);
   Tensor sQ = make_tensor(make_smem_ptr(sm.q), SmemLayoutQ{});
