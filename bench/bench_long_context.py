@@ -8,8 +8,11 @@
    ``frac_of_linear_rss`` = peak RSS / (RSS at the first length × length / first length)
    (≤ 1: memory grows at most linearly).
 2. ``indexer_topk_fused``: ``indexer_topk`` against ``indexer_logits`` + ``topk_indices`` (same
-   result, checked) for 32 heads, k = 2048: time and the bytes each writes (the materialized path's
-   ``[S, L]`` fp32 scores vs the fused path's ``[S, k]`` int32 plus its per-row candidates).
+   result, checked) for 32 heads, k = 2048, 8K to 1M keys on CUDA: time and the bytes each writes
+   (the materialized path's ``[S, L]`` fp32 scores vs the fused path's ``[S, k]`` int32 plus its
+   per-row candidates, which the CUDA kernels hold in shared memory: ``smem_per_cta``). On CUDA
+   twice: default scoring (``kernel`` qgmma: the fused QGMMA top-k vs QGMMA logits + top-k) and
+   ``GLM52_INDEXER_KERNEL=simt`` (both on the fp32 SIMT scoring).
 
 On the CPU these are the C++ twins and plain-PyTorch model code: they show memory scaling, not the
 kernels' GPU speed.
@@ -17,7 +20,9 @@ kernels' GPU speed.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import resource
 import subprocess
 import sys
@@ -71,12 +76,17 @@ def long_context_rows(lengths: list[int]) -> list[dict]:
     return rows
 
 
+def scoring_modes(device: str) -> list[str | None]:
+    """GLM52_INDEXER_KERNEL settings to run: on CUDA the default (QGMMA scoring for 32 heads) and
+    "simt"; the CPU twin has one path."""
+    return [None, "simt"] if device == "cuda" else [None]
+
+
 def fused_rows(shapes: list[tuple[int, int]], args) -> list[dict]:
     from glm52_ext import ops
 
     heads, k, rows = 32, 2048, []
     for s, length in shapes:
-        progress(f"fused vs materialized: S={s} L={length}")
         g = torch.Generator().manual_seed(length)
         q8 = (torch.randn(s, heads, 128, generator=g) * 40).clamp(-448, 448).to(torch.float8_e4m3fn)
         k8 = (torch.randn(length, 128, generator=g) * 40).clamp(-448, 448).to(torch.float8_e4m3fn)
@@ -84,19 +94,39 @@ def fused_rows(shapes: list[tuple[int, int]], args) -> list[dict]:
         ks = torch.zeros(s, dtype=torch.int32)
         ke = torch.arange(length - s + 1, length + 1, dtype=torch.int32)  # causal tail of a prefill chunk
         inputs = [t.to(args.device) for t in (q8, w, k8, k_scale, ks, ke)]
-        fused = ops.indexer_topk(*inputs, k)
-        assert torch.equal(fused, ops.topk_indices(ops.indexer_logits(*inputs), k)), "fused != materialized"
-        iters, warmup = max(1, min(args.iters, 3)), min(args.warmup, 1)
-        t_fused = time_ms(lambda i: ops.indexer_topk(*inputs, k), args.device, iters, warmup, 1)
-        t_mat = time_ms(lambda i: ops.topk_indices(ops.indexer_logits(*inputs), k), args.device, iters, warmup, 1)
-        workers = torch.get_num_threads() if args.device == "cpu" else s
-        fused_bytes = s * k * 4 + workers * (2 * k + 256) * 8
-        mat_bytes = s * length * 4 + s * k * 4
-        rows.append({"queries": s, "keys": length, "k": k, "time_us": 1e3 * t_fused, "materialized_us": 1e3 * t_mat,
-                     "fused_bytes": fused_bytes, "materialized_bytes": mat_bytes,
-                     "frac_of_materialized_bytes": fused_bytes / mat_bytes, "speedup": t_mat / t_fused,
-                     "baseline": "indexer_logits + topk_indices"})
+        for mode in scoring_modes(args.device):
+            with indexer_kernel_env(mode):
+                kernel, smem = ops.indexer_topk_kernel(heads, k) if args.device == "cuda" else ("cpu twin", 0)
+                progress(f"fused ({kernel}) vs materialized: S={s} L={length}")
+                fused = ops.indexer_topk(*inputs, k)
+                assert torch.equal(fused, ops.topk_indices(ops.indexer_logits(*inputs), k)), "fused != materialized"
+                iters, warmup = max(1, min(args.iters, 3)), min(args.warmup, 1)
+                t_fused = time_ms(lambda i: ops.indexer_topk(*inputs, k), args.device, iters, warmup, 1)
+                t_mat = time_ms(lambda i: ops.topk_indices(ops.indexer_logits(*inputs), k), args.device, iters, warmup, 1)
+            # Candidates: per CPU worker thread in RAM; on CUDA per row in shared memory (never global).
+            workers = torch.get_num_threads() if args.device == "cpu" else s
+            fused_bytes = s * k * 4 + workers * (2 * k + 256) * 8
+            mat_bytes = s * length * 4 + s * k * 4
+            rows.append({"queries": s, "keys": length, "k": k, "kernel": kernel, "time_us": 1e3 * t_fused,
+                         "materialized_us": 1e3 * t_mat, "fused_bytes": fused_bytes, "smem_per_cta": smem,
+                         "materialized_bytes": mat_bytes, "frac_of_materialized_bytes": fused_bytes / mat_bytes,
+                         "speedup": t_mat / t_fused,
+                         "baseline": f"indexer_logits ({'simt' if mode else 'default'} scoring) + topk_indices"})
     return rows
+
+
+@contextlib.contextmanager
+def indexer_kernel_env(mode: str | None):
+    """GLM52_INDEXER_KERNEL=mode (unset for None) while inside; read by the ops on every call."""
+    saved = os.environ.pop("GLM52_INDEXER_KERNEL", None)
+    if mode is not None:
+        os.environ["GLM52_INDEXER_KERNEL"] = mode
+    try:
+        yield
+    finally:
+        os.environ.pop("GLM52_INDEXER_KERNEL", None)
+        if saved is not None:
+            os.environ["GLM52_INDEXER_KERNEL"] = saved
 
 
 def main(argv=None) -> int:
@@ -112,7 +142,12 @@ def main(argv=None) -> int:
     args = parse_args(__doc__, argv)
     if lengths is None:
         lengths = [256, 512] if args.quick else [4096, 8192, 16384, 32768, 65536]
-    shapes = [(4, 2048)] if args.quick else [(64, 8192), (64, 32768), (64, 131072)]
+    if args.quick:
+        shapes = [(4, 2048)]
+    elif args.device == "cuda":
+        shapes = [(64, 8192), (64, 65536), (64, 262144), (64, 1048576)]
+    else:
+        shapes = [(64, 8192), (64, 32768), (64, 131072)]
     meta = environment(args.device)
     report("long_context", long_context_rows(lengths), meta, args.out)
     report("indexer_topk_fused", fused_rows(shapes, args), meta, args.out)

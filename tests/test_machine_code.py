@@ -46,7 +46,8 @@ EXPECTED_KERNELS = {
     "indexer_cache_write_kernel": (),
     "indexer_logits_simt_kernel": (),
     "topk_radix_select_kernel": (),
-    "indexer_topk_kernel": (),  # fused streaming top-k: SIMT scores (not yet QGMMA), no spills
+    "indexer_topk_kernel": (),  # fused streaming top-k, SIMT scores (other head counts, large k, =simt)
+    "indexer_topk_qgmma_kernel": ("QGMMA",),  # fused streaming top-k scored on tensor cores (32/64 heads)
     "sparse_mla_simt_kernel": (),
 }
 

@@ -27,7 +27,7 @@ namespace glm52::attention {
 constexpr int64_t kStreamTopkMaxK = 8192;
 constexpr int kStreamTopkTile = 256;  // keys scored per step (one per thread of the CUDA kernel)
 
-GLM52_HD int64_t stream_topk_capacity(int64_t k) { return 2 * k + kStreamTopkTile; }
+GLM52_HD constexpr int64_t stream_topk_capacity(int64_t k) { return 2 * k + kStreamTopkTile; }
 
 struct TopkStream {
   int64_t count;       // candidates in the buffer

@@ -41,6 +41,8 @@ instead (a cross-check). No op synchronizes with the host; all are CUDA-graph sa
 
 from __future__ import annotations
 
+import os
+
 import torch
 
 from ._outputs import functional_or_out
@@ -50,6 +52,7 @@ __all__ = [
     "indexer_logits",
     "indexer_logits_paged",
     "indexer_topk",
+    "indexer_topk_kernel",
     "indexer_topk_paged",
     "mla_cache_write",
     "sparse_mla_decode",
@@ -250,9 +253,12 @@ def indexer_topk(
     order, ties to the lower column, −1 padded (a range shorter than ``k`` takes all its finite
     scores). Key tiles are scored and reduced into a per-row running selection of at most
     ``2k + 256`` candidates; memory is O(S·k) whatever L is. CPU: the scores are bit-identical to
-    :func:`indexer_logits`. CUDA (sm_90a): one CTA per row, keys scored by the fp32 SIMT indexer
-    code, so it equals :func:`indexer_logits` under ``GLM52_INDEXER_KERNEL=simt`` (the QGMMA logits
-    round differently). No host synchronization.
+    :func:`indexer_logits`. CUDA (sm_90a): the scoring follows :func:`indexer_logits`'s kernel
+    choice, so the result is ``topk_indices`` of that op's logits on the same device: 32 or 64 heads
+    score on tensor cores (QGMMA, the logits kernel's tile code; a CTA scores the 64 / H rows of one
+    wgmma tile and keeps their selections in shared memory), other head counts and ``GLM52_INDEXER_KERNEL=simt`` with the
+    fp32 SIMT code (one CTA per row); :func:`indexer_topk_kernel` says which. No host
+    synchronization.
 
     Parameters
     ----------
@@ -299,6 +305,32 @@ def indexer_topk_paged(
         return torch.ops.glm52.indexer_topk_paged(q8, weights, cache, block_table, lengths, k)
     torch.ops.glm52.indexer_topk_paged_out(q8, weights, cache, block_table, lengths, k, out=out)
     return out
+
+
+def indexer_topk_kernel(heads: int, k: int, tensor_cores: bool | None = None) -> tuple[str, int, int]:
+    """How the CUDA :func:`indexer_topk` / :func:`indexer_topk_paged` run for ``heads`` and ``k``
+    (answered on any build, no GPU needed): ``(kernel, rows, smem)``.
+
+    ``kernel`` is ``"qgmma"`` (tensor-core scoring, as :func:`indexer_logits`) for 32 or 64 heads
+    when tensor cores are allowed, ``"simt"`` otherwise. ``rows``: query rows whose selection one CTA
+    keeps (SIMT: 1; QGMMA: the 64 / heads queries of one wgmma tile when their candidates fit, else 1,
+    i.e. 32 heads with ``k > 5600``). ``smem``: dynamic shared bytes per CTA, QGMMA
+    ``48 KiB + rows · (2k + 256) · 8``, SIMT ``heads · 512 + (2k + 256) · 8``; always within an sm_90
+    CTA's 227 KiB for the accepted heads and k.
+
+    Parameters
+    ----------
+    heads : int
+        Indexer heads, 1..128.
+    k : int
+        Number to select, 0..8192.
+    tensor_cores : bool, optional
+        Whether tensor cores are allowed; default: unless ``GLM52_INDEXER_KERNEL=simt`` is set.
+    """
+    if tensor_cores is None:
+        tensor_cores = os.environ.get("GLM52_INDEXER_KERNEL") != "simt"
+    kernel, rows, smem = torch.ops.glm52.indexer_topk_kernel(heads, k, tensor_cores)
+    return str(kernel), int(rows), int(smem)
 
 
 def sparse_mla_prefill(

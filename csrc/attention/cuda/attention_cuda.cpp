@@ -2,14 +2,12 @@
 #include "common/launch_dtype.h"
 #include "attention/attention_checks.h"
 #include "attention/cuda/attention_launch.h"
+#include "attention/cuda/kernel_choice.h"
 
 #include <ATen/ATen.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
 #include <torch/library.h>
-
-#include <cstdlib>
-#include <cstring>
 
 namespace glm52::attention {
 namespace {
@@ -18,13 +16,6 @@ cudaStream_t stream_of(const at::Tensor& t) { return c10::cuda::getCurrentCUDASt
 
 template <typename T>
 const T* ptr(const at::Tensor& t) { return static_cast<const T*>(t.const_data_ptr()); }
-
-// GLM52_<NAME>_KERNEL=simt selects the fp32 SIMT kernel (same contract) instead of the tensor-core
-// one: the cross-check for the first GPU runs of the HGMMA/QGMMA kernels (see the cuda tests).
-bool simt_requested(const char* variable) {
-  const char* choice = std::getenv(variable);
-  return choice != nullptr && std::strcmp(choice, "simt") == 0;
-}
 
 void mla_cache_write_cuda(const at::Tensor& kv, const at::Tensor& slots, at::Tensor& cache,
                           const std::optional<at::Tensor>& rope) {

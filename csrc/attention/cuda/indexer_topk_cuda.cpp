@@ -1,6 +1,7 @@
 // CUDA entry points of the fused indexer top-k: check, pick the device and stream, launch.
 #include "attention/indexer_topk_checks.h"
 #include "attention/cuda/indexer_topk_launch.h"
+#include "attention/cuda/kernel_choice.h"
 
 #include <ATen/ATen.h>
 #include <c10/cuda/CUDAGuard.h>
@@ -22,7 +23,10 @@ IndexerLogitsArgs query_args(const at::Tensor& q8, const at::Tensor& weights, in
 void launch(const IndexerLogitsArgs& scores, int64_t k, at::Tensor& out) {
   const c10::cuda::CUDAGuard guard(out.device());
   const IndexerTopkArgs args{scores, k, out.mutable_data_ptr<int32_t>()};
-  C10_CUDA_CHECK(launch_indexer_topk(args, c10::cuda::getCurrentCUDAStream(out.device().index())));
+  // Scores on tensor cores like indexer_logits unless GLM52_INDEXER_KERNEL=simt, so the result stays
+  // topk_indices of that op's logits (indexer_topk_plan.h).
+  C10_CUDA_CHECK(launch_indexer_topk(args, !simt_requested("GLM52_INDEXER_KERNEL"),
+                                     c10::cuda::getCurrentCUDAStream(out.device().index())));
 }
 
 void indexer_topk_out_cuda(const at::Tensor& q8, const at::Tensor& weights, const at::Tensor& k8,

@@ -13,6 +13,11 @@ struct IndexerTopkArgs {
 };
 
 // No host synchronization; an error when the shared memory the selection needs is not available.
-cudaError_t launch_indexer_topk(const IndexerTopkArgs& args, cudaStream_t stream);
+// The kernel is indexer_topk_kernel_for(heads, tensor_cores) (indexer_topk_plan.h): QGMMA scoring
+// for 32 or 64 heads when tensor_cores, SIMT otherwise.
+cudaError_t launch_indexer_topk(const IndexerTopkArgs& args, bool tensor_cores, cudaStream_t stream);
+// The QGMMA-scored kernel alone (indexer_topk_qgmma_kernels.cu): cudaErrorInvalidValue unless 32
+// or 64 heads.
+cudaError_t launch_indexer_topk_qgmma(const IndexerTopkArgs& args, cudaStream_t stream);
 
 }  // namespace glm52::attention
