@@ -212,6 +212,8 @@ inline void check_decode_metadata(const at::Tensor& row_topk, int64_t num_sm_par
   check_dim(row_topk, op, "row_topk", 1, "[B]");
   check_dtype(row_topk, op, "row_topk", {at::kInt});
   check_contiguous(row_topk, op, "row_topk");
+  GLM52_CHECK_ARG(row_topk.size(0) <= kSplitMaxRows, op, "row_topk", "must have at most ", kSplitMaxRows,
+                  " rows, got ", row_topk.size(0));
   GLM52_CHECK_ARG(num_sm_parts >= 1 && num_sm_parts <= kMaxSmParts, op, "num_sm_parts", "must be in 1..", kMaxSmParts,
                   ", got ", num_sm_parts);
 }
@@ -243,6 +245,8 @@ inline int64_t check_decode_plan(const at::Tensor& q, const std::optional<at::Te
                   " parts, got shape ", shape_str(meta->sizes()));
   check_tensor(*meta, op, "tile_scheduler_metadata", at::kInt, {parts, kSplitMetaInts}, "[num_sm_parts, 8]", q, "q");
   check_tensor(*num_splits, op, "num_splits", at::kInt, {q.size(0) + 1}, "[B + 1]", q, "q");
+  GLM52_CHECK_ARG(q.size(1) * ceil_div(q.size(2), 16) <= 65535, op, "q", "with a split plan must have sq * ceil(H / 16) <= 65535 "
+                  "(the CUDA grid), got shape ", shape_str(q.sizes()));
   if (workspace) {
     const at::Tensor& w = *workspace;
     check_dim(w, op, "workspace", 1, "[bytes]");

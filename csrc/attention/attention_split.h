@@ -2,8 +2,8 @@
 // log-sum-exp merge of partial results. Framework-free: the CPU twins and the CUDA kernels call
 // these same functions, so the CPU tests exercise the device's split and merge arithmetic.
 //
-// The plan. Batch row b may hold valid indices among its first row_topk[b] (rounded up to whole
-// blocks of kSplitBlock entries: blocks_b = ceil(row_topk[b] / 64)). Row b costs blocks_b +
+// The plan. Batch row b is expected to hold its valid indices among its first row_topk[b]
+// (blocks_b = ceil(row_topk[b] / 64) blocks of kSplitBlock entries). Row b costs blocks_b +
 // kSplitOverheadBlocks units (the overhead stands for the row's combine); the rows' units lie end
 // to end on one line of `total` units, cut into num_parts spans of span = ceil(total / num_parts)
 // units (the last spans may be short or empty). Part p owns units [p * span, min((p + 1) * span,
@@ -30,8 +30,15 @@ constexpr int kSplitMetaInts = 8;       // ints per part (FlashMLA's TileSchedul
 constexpr int kSplitBlock = 64;         // top-k entries per planned block (= the HGMMA key tile)
 constexpr int kSplitOverheadBlocks = 5; // a piece's fixed cost in blocks (FlashMLA's fixed overhead)
 
-GLM52_HD int64_t split_row_blocks(int64_t row_topk) { return row_topk > 0 ? ceil_div(row_topk, kSplitBlock) : 0; }
+constexpr int64_t kSplitMaxRowTopk = int64_t{1} << 20;  // longer rows are planned as this long
+
+GLM52_HD int64_t split_row_blocks(int64_t row_topk) {
+  return row_topk > 0 ? ceil_div(row_topk < kSplitMaxRowTopk ? row_topk : kSplitMaxRowTopk, kSplitBlock) : 0;
+}
 GLM52_HD int64_t split_row_cost(int64_t row_topk) { return split_row_blocks(row_topk) + kSplitOverheadBlocks; }
+
+// Most rows a plan takes: their units must fit int32 (the metadata's type).
+constexpr int64_t kSplitMaxRows = 2147483647 / (kSplitMaxRowTopk / kSplitBlock + kSplitOverheadBlocks);
 
 // Units per part; 0 when there are no rows (every part empty).
 GLM52_HD int64_t split_span(int64_t total, int64_t num_parts) { return total > 0 ? ceil_div(total, num_parts) : 0; }
@@ -110,21 +117,27 @@ GLM52_HD SplitRows split_part_rows(const int32_t* meta, int64_t rows) {
 
 // The piece of `row` that part `meta` runs: its key range [key_begin, key_end) among the row's
 // topk indices, and where its result goes (slot < 0: the row has one piece, so straight to the
-// output). Everything is clamped: key ranges to [0, topk], slots to [0, max_slots).
+// output). The plan only places the cuts: a row's first piece starts at key 0 and its last piece
+// runs to key topk whatever row_topk said, so a plan never changes which indices are read (a row
+// planned shorter than topk just puts its tail, typically the -1 padding, in its last piece).
+// Everything is clamped: key ranges to [0, topk], slots to [0, max_slots).
 struct SplitPiece {
   int64_t key_begin, key_end;
   int64_t slot;
 };
 GLM52_HD SplitPiece split_piece(const int32_t* meta, const int32_t* num_splits, int64_t row, int64_t topk,
                                 int64_t max_slots) {
-  const int64_t b0 = row == meta[0] ? meta[1] : 0;
-  const int64_t b1 = row == meta[2] ? meta[3] : ceil_div(topk, kSplitBlock);
-  auto clamp_key = [topk](int64_t k) { return k < 0 ? 0 : (k > topk ? topk : k); };
-  SplitPiece piece{clamp_key(b0 * kSplitBlock), clamp_key(b1 * kSplitBlock), -1};
-  if (piece.key_end < piece.key_begin) piece.key_end = piece.key_begin;
   const int64_t first = num_splits[row], count = num_splits[row + 1] - first;
+  const bool begins_here = row == meta[0];
+  const int64_t index = begins_here ? meta[4] : 0;
+  const int64_t b0 = begins_here && index > 0 ? meta[1] : 0;
+  const bool last = index >= count - 1;
+  const int64_t end = !last && row == meta[2] ? int64_t{meta[3]} * kSplitBlock : topk;
+  auto clamp_key = [topk](int64_t k) { return k < 0 ? 0 : (k > topk ? topk : k); };
+  SplitPiece piece{clamp_key(b0 * kSplitBlock), clamp_key(end), -1};
+  if (piece.key_end < piece.key_begin) piece.key_end = piece.key_begin;
   if (count > 1) {
-    const int64_t slot = first + (row == meta[0] ? meta[4] : 0);
+    const int64_t slot = first + index;
     piece.slot = slot < 0 ? 0 : (slot >= max_slots ? max_slots - 1 : slot);
   }
   return piece;

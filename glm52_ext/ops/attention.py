@@ -349,10 +349,10 @@ def sparse_mla_decode(
     row's top-k is cut into pieces spread over ``num_sm_parts`` parts (CUDA: CTAs per query token
     and 64-head group; CPU: loop tasks), each piece gives a partial (out, lse), and rows in several
     pieces are merged by log-sum-exp. The result equals the unsplit one within fp32 rounding (a
-    row in one piece: bit for bit), except that batch row b reads only the index entries its pieces
-    cover, its first ``64 * ceil(row_topk[b] / 64)``: a plan from shorter lengths than ``k`` must
-    leave −1 in the entries past them (the indexer's top-k pads at the end). The plan is read on
-    the device (no host sync); a corrupt plan gives wrong rows but never an out-of-bounds access.
+    row in one piece: bit for bit) whatever lengths the plan was made from: they only place the
+    cuts (a row's last piece runs to ``k``). The plan is read on the device (no host sync); a
+    corrupt plan gives wrong rows but never an out-of-bounds access. Needs
+    ``sq * ceil(H / 16) <= 65535``.
 
     Parameters
     ----------
@@ -395,8 +395,9 @@ def sparse_mla_decode_metadata(row_topk: torch.Tensor, num_sm_parts: int) -> tup
     Parameters
     ----------
     row_topk : torch.Tensor
-        ``[B]`` int32: how many leading index entries of each batch row may be valid (``k``, or
-        ``min(k, context length)``); negative counts as 0.
+        ``[B]`` int32: each batch row's expected work, in leading index entries (``k``, or
+        ``min(k, context length)`` when the rest is −1 padding); negative counts as 0, more than
+        2^20 as 2^20. It balances the parts; it never changes the decode's result.
     num_sm_parts : int
         Parts, 1..65536 (:func:`sparse_mla_decode_sm_parts`).
 

@@ -230,27 +230,10 @@ def sparse_mla_decode_metadata(row_topk: torch.Tensor, num_sm_parts: int) -> tup
         torch.tensor(num_splits, dtype=torch.int32)
 
 
-def _planned_entries(meta: torch.Tensor, batch: int, topk: int) -> torch.Tensor:
-    """bool ``[B, topk]``: the index entries the plan's pieces cover (the blocks of each part's rows)."""
-    covered = torch.zeros(batch, topk, dtype=torch.bool)
-    all_blocks = -(-topk // SPLIT_BLOCK)
-    for br, bb, er, eb, *_ in meta.tolist():
-        for r in range(max(br, 0), min(er, batch - 1) + 1):
-            b0 = bb if r == br else 0
-            b1 = eb if r == er else all_blocks
-            covered[r, b0 * SPLIT_BLOCK : b1 * SPLIT_BLOCK] = True
-    return covered
-
-
-def sparse_mla_decode(q, cache, indices, sm_scale: float, tile_scheduler_metadata=None,
-                      num_splits=None) -> tuple[torch.Tensor, torch.Tensor]:
+def sparse_mla_decode(q, cache, indices, sm_scale: float) -> tuple[torch.Tensor, torch.Tensor]:
     """As :func:`sparse_mla_prefill` with ``q [B, sq, H, 576]`` and ``indices [B, sq, k]`` slots of the
-    paged MLA ``cache`` (BF16 or FP8 format, dequantized as stored). With a split plan
-    (:func:`sparse_mla_decode_metadata`), batch row b sees only the index entries its pieces cover
-    (the first ``64 * ceil(row_topk[b] / 64)``); ``num_splits`` does not change the result."""
+    paged MLA ``cache`` (BF16 or FP8 format, dequantized as stored). A split plan does not change
+    the result (the op merges its pieces to the same softmax)."""
     b, sq, h, d = q.shape
-    if tile_scheduler_metadata is not None:
-        covered = _planned_entries(tile_scheduler_metadata.cpu(), b, indices.shape[-1]).to(indices.device)
-        indices = torch.where(covered[:, None, :], indices, -1)
     out, lse = _sparse_mla(q.reshape(b * sq, h, d), mla_cache_read(cache), indices.reshape(b * sq, -1), sm_scale)
     return out.reshape(b, sq, h, VALUE_DIM), lse.reshape(b, sq, h)
