@@ -46,6 +46,11 @@ EXPECTED_KERNELS = {
     "topk_radix_select_kernel": (),
     "indexer_topk_kernel": (),  # fused streaming top-k: SIMT scores (not yet QGMMA), no spills
     "sparse_mla_simt_kernel": (),
+    # split-KV decode: the same bodies over key ranges, the LSE merge, the device plan
+    "sparse_mla_hgmma_split_kernel": ("HGMMA",),
+    "sparse_mla_simt_split_kernel": (),
+    "sparse_mla_combine_kernel": (),
+    "sparse_mla_metadata_kernel": (),
 }
 
 pytestmark = [

@@ -157,7 +157,7 @@ def attention_samples(d):
     for c in (cache16, cache8):
         torch.ops.glm52.mla_cache_write(kv, slots, c)
     qd, idxd = q.view(1, 3, 16, 576), idx.view(1, 3, 40)
-    qs, idxs = q[:2, :8].reshape(2, 1, 8, 576), idx[:2].reshape(2, 1, 40)  # split-KV decode: 2 rows, 3 parts
+    qs, idxs = q[:2, :8].reshape(2, 1, 8, 576).contiguous(), idx[:2].reshape(2, 1, 40)  # split-KV decode: 2 rows, 3 parts
     row_topk = torch.tensor([40, 7], dtype=torch.int32)
     plan = torch.ops.glm52.sparse_mla_decode_metadata(row_topk, 3)
     glm = torch.ops.glm52

@@ -1,6 +1,7 @@
 // LSE merge of split-KV sparse MLA decode (attention_split.h, attention_softmax.h): one CTA per
 // (query row, head); a row whose batch row ran in one piece was written by the split kernel and
 // is skipped. Thread t merges output columns [4t, 4t + 4) of every piece (16-byte loads).
+#include "attention/attention_cache.h"
 #include "attention/attention_softmax.h"
 #include "attention/attention_split.h"
 #include "attention/cuda/attention_launch.h"
