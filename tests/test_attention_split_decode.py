@@ -14,7 +14,8 @@ from test_attention_sparse_mla import SM_SCALE, assert_attention_close
 from glm52_ext import ops, reference
 
 PLAN_CASES = [([2048, 2048, 2048], 132), ([2048] * 5, 4), ([10, 0, 2048, 64, 65], 7), ([], 3), ([0], 2),
-              ([3000, 1, 4000], 33), ([1] * 40, 3), ([700, 5, 0, 900], 200), ([-5, 64, 128], 5)]
+              ([3000, 1, 4000], 33), ([1] * 40, 3), ([700, 5, 0, 900], 200), ([-5, 64, 128], 5),
+              ([2**31 - 1, 3], 4)]
 
 
 @pytest.mark.parametrize("device", DEVICES)

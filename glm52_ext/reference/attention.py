@@ -194,17 +194,18 @@ def sparse_mla_prefill(q, kv, indices, sm_scale: float) -> tuple[torch.Tensor, t
     return _sparse_mla(q, kv.float(), indices, sm_scale)
 
 
-SPLIT_BLOCK, SPLIT_OVERHEAD_BLOCKS, SPLIT_META_INTS = 64, 5, 8
+SPLIT_BLOCK, SPLIT_OVERHEAD_BLOCKS, SPLIT_META_INTS, SPLIT_MAX_ROW_TOPK = 64, 5, 8, 1 << 20
 
 
 def sparse_mla_decode_metadata(row_topk: torch.Tensor, num_sm_parts: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """The split-KV plan, unit by unit: row b costs ``ceil(row_topk[b] / 64)`` block units plus 5
+    """The split-KV plan, unit by unit: row b costs ``ceil(row_topk[b] / 64)`` block units (row_topk
+    clamped to ``[0, 2^20]``) plus 5
     overhead units; the rows' units lie end to end and are cut into ``num_sm_parts`` spans of
     ``ceil(total / num_sm_parts)``. Part p's row is ``[begin_row, begin_block, end_row, end_block,
     begin_split, 0, 0, 0]`` (empty part: ``[B, 0, B, 0, 0, ...]``); a part start strictly inside a
     row adds a piece to it. Returns int32 ``[num_sm_parts, 8]`` and ``[B + 1]`` (prefix sums of the
     pieces)."""
-    blocks = [-(-max(int(t), 0) // SPLIT_BLOCK) for t in row_topk.tolist()]
+    blocks = [-(-min(max(int(t), 0), SPLIT_MAX_ROW_TOPK) // SPLIT_BLOCK) for t in row_topk.tolist()]
     rows = len(blocks)
     units = [(r, min(u, n)) for r, n in enumerate(blocks) for u in range(n + SPLIT_OVERHEAD_BLOCKS)]
     span = -(-len(units) // num_sm_parts) if units else 0
