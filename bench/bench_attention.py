@@ -6,6 +6,9 @@
 - sparse MLA prefill and decode at top-k 2048 with 8/16/64/128 heads, BF16 and FP8 caches: TFLOPS
   (vs the BF16 ceiling, half the FP8 peak) and GB/s; against dense attention at the same context
   (torch scaled_dot_product_attention) and against glm52_ext.reference (small shapes only);
+- split-KV sparse MLA decode (a plan from sparse_mla_decode_metadata, the pieces merged by LSE)
+  against the unsplit decode at batch 1, 8, 64 (64 heads, FP8 cache, top-k 2048): the small batches
+  whose unsplit grid (batch x ceil(heads / 64) CTAs) leaves most SMs idle; the plan's own time too;
 - the IndexShare effect: per-token attention cost of 78 layers all full vs freq-4 sharing (21 full
   layers) at 128K and 1M context: counted FLOPs and bytes, and a time composed from this run's
   measured indexer, top-k and sparse-decode times (extrapolated linearly in context where the
@@ -43,6 +46,7 @@ PREFILL_SHAPES = [(512, h, 16384) for h in (8, 16, 64, 128)]  # (query tokens, h
 DECODE_SHAPES = [(b, h, 32768) for b in (1, 16, 64) for h in (8, 16, 64, 128)]  # (batch, heads, context)
 QUICK_INDEXER, QUICK_PREFILL, QUICK_DECODE = [(1, 2048), (2, 4096)], [(4, 8, 1024)], [(2, 8, 1024)]
 QUICK_TOPK = 64
+SPLIT_SHAPES, QUICK_SPLIT = [(b, MLA_HEADS, 32768) for b in (1, 8, 64)], [(1, 8, 1024), (8, 8, 1024)]
 
 
 def paged_indexer_inputs(b: int, ctx: int, device: str):
@@ -162,6 +166,36 @@ def sweep_decode(args, shapes, k, bf16_peak, ceiling):
     return rows, measured
 
 
+def sweep_split_decode(args, shapes, k, bf16_peak, ceiling):
+    """Split-KV vs unsplit sparse MLA decode over the FP8 cache, same inputs; the plan is made once
+    (per step in the model, shared by every layer) and timed on its own."""
+    rows = []
+    for b, h, ctx in shapes:
+        progress(f"sparse_mla_decode split vs unsplit b={b} h={h} ctx={ctx}")
+        blocks = b * (-(-ctx // 64))
+        cache = torch.zeros(blocks, 64, 656, dtype=torch.uint8, device=args.device)
+        ops.mla_cache_write(latent_rows(blocks * 64, args.device), torch.arange(blocks * 64, device=args.device), cache)
+        q = torch.randn(b, 1, h, 576, device=args.device).bfloat16()
+        idx = torch.randint(0, blocks * 64, (b, 1, k), device=args.device, dtype=torch.int32)
+        parts = ops.sparse_mla_decode_sm_parts(args.device, 1, h)
+        row_topk = torch.full((b,), k, dtype=torch.int32, device=args.device)
+        meta, splits = ops.sparse_mla_decode_metadata(row_topk, parts)
+        ws = torch.empty(ops.sparse_mla_decode_workspace_bytes(b, 1, h, parts), dtype=torch.uint8, device=args.device)
+        plan_ms = time_ms(lambda _: ops.sparse_mla_decode_metadata(row_topk, parts), args.device, args.iters,
+                          args.warmup, 1)
+        split_ms = time_ms(lambda _: ops.sparse_mla_decode(q, cache, idx, SM_SCALE, tile_scheduler_metadata=meta,
+                                                           num_splits=splits, workspace=ws),
+                           args.device, args.iters, args.warmup, 1)
+        unsplit_ms = time_ms(lambda _: ops.sparse_mla_decode(q, cache, idx, SM_SCALE), args.device, args.iters,
+                             args.warmup, 1)
+        flops = 2.0 * b * h * k * (576 + 512)
+        nbytes = b * k * 656 + q.numel() * 2 + b * h * 512 * 2
+        row = attention_row("sparse_mla_decode_split", f"b{b}xh{h}xk{k}", "fp8", split_ms, flops, nbytes, bf16_peak,
+                            ceiling, "unsplit sparse_mla_decode", unsplit_ms)
+        rows.append({**row, "num_sm_parts": parts, "pieces": int(splits[-1]), "plan_us": 1e3 * plan_ms})
+    return rows
+
+
 def index_share_rows(indexer_ms, decode_ms, k):
     """Per-token attention cost of 78 layers at 128K and 1M: all full vs freq-4 (21 full layers).
     Counted FLOPs and bytes per token; time composed from this run's per-layer measurements at
@@ -205,9 +239,11 @@ def main(argv=None) -> int:
     idx_rows, indexer_ms = sweep_indexer(args, QUICK_INDEXER if args.quick else INDEXER_SHAPES, k, peak, ceiling)
     pre_rows = sweep_prefill(args, QUICK_PREFILL if args.quick else PREFILL_SHAPES, k, bf16_peak, ceiling)
     dec_rows, decode_ms = sweep_decode(args, QUICK_DECODE if args.quick else DECODE_SHAPES, k, bf16_peak, ceiling)
+    split_rows = sweep_split_decode(args, QUICK_SPLIT if args.quick else SPLIT_SHAPES, k, bf16_peak, ceiling)
     meta = {**environment(args.device), "copy_ceiling_GBps": ceiling, "fp8_peak_TFLOPS": peak, "topk": k}
     report("attention_indexer", idx_rows, meta, args.out)
     report("attention_sparse_mla", pre_rows + dec_rows, meta, args.out)
+    report("attention_split_decode", split_rows, meta, args.out)
     report("attention_index_share", index_share_rows(indexer_ms, decode_ms, k), meta, args.out)
     return 0
 

@@ -11,7 +11,7 @@ import torch
 from attention_testing import gen, random_latent, scattered_block_tables
 from conftest import DEVICES
 
-from glm52_ext import ops
+from glm52_ext import ops, reference
 from glm52_ext.compat import flash_mla
 
 SM_SCALE = 256**-0.5
@@ -146,9 +146,15 @@ def test_with_kvcache_sparse_decode_over_the_4d_fp8_cache(device, legacy_metadat
     out, lse = flash_mla.flash_mla_with_kvcache(q.to(device), cache, None, None, 512, meta, splits,
                                                 softmax_scale=SM_SCALE, is_fp8_kvcache=True, indices=indices.to(device))
     assert out.shape == (b, s_q, h_q, 512) and lse.shape == (b, h_q, s_q)
-    want_out, want_lse = ops.sparse_mla_decode(q, cache.cpu().view(8, 64, 656), indices, SM_SCALE)
-    assert torch.equal(out.cpu(), want_out)
-    assert torch.equal(lse.cpu(), want_lse.masked_fill(torch.isneginf(want_lse), math.inf).transpose(1, 2))
+    plan = (meta, splits) if legacy_metadata else (meta.tile_scheduler_metadata, meta.num_splits)
+    want_out, want_lse = ops.sparse_mla_decode(q.to(device), cache.view(8, 64, 656), indices.to(device), SM_SCALE,
+                                               tile_scheduler_metadata=plan[0], num_splits=plan[1])
+    assert torch.equal(out, want_out)
+    assert torch.equal(lse, want_lse.masked_fill(torch.isneginf(want_lse), math.inf).transpose(1, 2))
+    unsplit_out, unsplit_lse = ops.sparse_mla_decode(q, cache.cpu().view(8, 64, 656), indices, SM_SCALE)
+    torch.testing.assert_close(out.cpu().float(), unsplit_out.float(), rtol=2**-7, atol=1e-5)
+    torch.testing.assert_close(lse.cpu().transpose(1, 2)[torch.isfinite(unsplit_lse)],
+                               unsplit_lse[torch.isfinite(unsplit_lse)], rtol=1e-6, atol=1e-5)
     r_out, r_lse = ref_sparse_attn_decode(q, fp8_cache_keys(cache.cpu()), indices, SM_SCALE)
     torch.testing.assert_close(out.cpu().double(), r_out, rtol=2e-2, atol=2e-2)
     assert_close_lse(lse.cpu(), r_lse)
@@ -182,39 +188,12 @@ def test_with_kvcache_topk_length_and_sink(device):
     assert meta.tile_scheduler_metadata.shape[1] == 8
 
 
-def ref_plan(row_topk: list[int], parts: int):
-    """The documented split plan, unit by unit: rows' costs (blocks + 5) end to end, cut in equal spans."""
-    blocks = [-(-max(t, 0) // 64) for t in row_topk]
-    units = [(r, min(u, blk)) for r, blk in enumerate(blocks) for u in range(blk + flash_mla.FIXED_OVERHEAD_BLOCKS)]
-    span = -(-len(units) // parts) if units else 0
-    meta, pieces = [], [1] * len(blocks)
-    starts = [p * span for p in range(parts)]
-    row_first_unit = {}
-    for i, (r, _) in enumerate(units):
-        row_first_unit.setdefault(r, i)
-    for p, begin in enumerate(starts):
-        end = min(begin + span, len(units))
-        if begin >= len(units):
-            meta.append([len(blocks), 0, len(blocks), 0, 0, 0, 0, 0])
-            continue
-        (br, bb), (er, eb) = units[begin], units[end - 1]
-        inner = begin > row_first_unit[br]
-        if inner:
-            pieces[br] += 1
-        split = sum(1 for s in starts[: p + 1] if row_first_unit[br] < s < len(units) and units[s][0] == br)
-        meta.append([br, bb, er, min(eb + 1, blocks[er]), split, 0, 0, 0])
-    num_splits = [0]
-    for n in pieces:
-        num_splits.append(num_splits[-1] + n)
-    return torch.tensor(meta, dtype=torch.int32).view(parts, 8), torch.tensor(num_splits, dtype=torch.int32)
-
-
 @pytest.mark.parametrize("device", DEVICES)
 def test_decode_plan_matches_its_definition(device):
     for row_topk, parts in [([2048, 2048, 2048], 132), ([2048] * 5, 4), ([10, 0, 2048, 64, 65], 7), ([], 3), ([0], 2),
                             ([3000, 1, 4000], 33)]:
         meta, splits = flash_mla.plan_sparse_decode(torch.tensor(row_topk, dtype=torch.int32, device=device), parts)
-        want_meta, want_splits = ref_plan(row_topk, parts)
+        want_meta, want_splits = reference.sparse_mla_decode_metadata(torch.tensor(row_topk, dtype=torch.int32), parts)
         assert torch.equal(meta.cpu(), want_meta), (row_topk, parts)
         assert torch.equal(splits.cpu(), want_splits), (row_topk, parts)
 

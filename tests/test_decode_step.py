@@ -106,6 +106,36 @@ def test_kernel_cache_decode_is_sync_free(kernel_model, spec_steps):
     assert all(c.ops_per_layer(main) <= 80 for c in engine.step_counts)
 
 
+def test_kernel_cache_decode_splits_kv_once_per_step(kernel_model, monkeypatch):
+    """With split-KV on (what a GPU picks at small batch), every layer's sparse_mla_decode gets the
+    step's one plan, the step stays sync-free with the same ops per layer, and the tokens are
+    those of the unsplit decode."""
+    import glm52.kernels as kernels
+
+    plans = []
+    decode = kernels.sparse_mla_decode
+
+    def spy(*args, **kwargs):
+        plans.append(kwargs.get("tile_scheduler_metadata"))
+        return decode(*args, **kwargs)
+
+    monkeypatch.setattr(kernels, "sparse_mla_decode", spy)
+    runs = {}
+    for split in (False, True):
+        engine = Engine(kernel_model, spec_steps=0, cache_bytes=16 << 20)
+        engine.cache.split_decode = split
+        engine.count_step_ops = True
+        plans.clear()
+        runs[split] = (engine.generate(prompts(kernel_model.config, (5, 20)), 4).tokens, engine.step_counts)
+        assert all((p is not None) == split for p in plans) and plans
+        if split:  # one plan object per forward, shared by its layers
+            assert len({id(p) for p in plans}) < len(plans)
+    assert runs[True][0] == runs[False][0]
+    main = list(range(kernel_model.config.num_hidden_layers))
+    for plain, split in zip(runs[False][1], runs[True][1]):
+        assert split.syncs == 1 and split.ops_per_layer(main) == plain.ops_per_layer(main)
+
+
 def test_decode_forwards_compile_without_graph_breaks():
     """``torch.compile(fullgraph=True)`` fails on any host sync or Python-side read of a tensor:
     the proof that the forwards CUDA graphs capture need none (the target step, the MTP catch-up

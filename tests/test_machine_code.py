@@ -49,6 +49,11 @@ EXPECTED_KERNELS = {
     "indexer_topk_kernel": (),  # fused streaming top-k, SIMT scores (other head counts, large k, =simt)
     "indexer_topk_qgmma_kernel": ("QGMMA",),  # fused streaming top-k scored on tensor cores (32/64 heads)
     "sparse_mla_simt_kernel": (),
+    # split-KV decode: the same bodies over key ranges, the LSE merge, the device plan
+    "sparse_mla_hgmma_split_kernel": ("HGMMA",),
+    "sparse_mla_simt_split_kernel": (),
+    "sparse_mla_combine_kernel": (),
+    "sparse_mla_metadata_kernel": (),
 }
 
 pytestmark = [

@@ -169,6 +169,9 @@ def attention_samples(d):
     for c in (cache16, cache8):
         torch.ops.glm52.mla_cache_write(kv, slots, c)
     qd, idxd = q.view(1, 3, 16, 576), idx.view(1, 3, 40)
+    qs, idxs = q[:2, :8].reshape(2, 1, 8, 576).contiguous(), idx[:2].reshape(2, 1, 40)  # split-KV decode: 2 rows, 3 parts
+    row_topk = torch.tensor([40, 7], dtype=torch.int32)
+    plan = torch.ops.glm52.sparse_mla_decode_metadata(row_topk, 3)
     glm = torch.ops.glm52
     return [
         (glm.mla_cache_write.default, (kv.to(d), slots.to(d)), {"cache": torch.zeros(2, 64, 1152, dtype=torch.uint8, device=d)}),
@@ -201,6 +204,15 @@ def attention_samples(d):
         (glm.sparse_mla_decode.default, (qd.to(d), cache16.to(d), idxd.to(d), 0.0625), {}),
         (glm.sparse_mla_decode_out.default, (qd.to(d), cache8.to(d), idxd.to(d), 0.0625),
          {"out": torch.empty(1, 3, 16, 512, dtype=torch.bfloat16, device=d), "lse": torch.empty(1, 3, 16, device=d)}),
+        (glm.sparse_mla_decode_metadata.default, (row_topk.to(d), 3), {}),
+        (glm.sparse_mla_decode_metadata_out.default, (row_topk.to(d), 2),
+         {"tile_scheduler_metadata": torch.empty(2, 8, dtype=torch.int32, device=d),
+          "num_splits": torch.empty(3, dtype=torch.int32, device=d)}),
+        (glm.sparse_mla_decode.default, (qs.to(d), cache8.to(d), idxs.to(d), 0.0625, *(t.to(d) for t in plan)), {}),
+        (glm.sparse_mla_decode_out.default, (qs.to(d), cache16.to(d), idxs.to(d), 0.0625, *(t.to(d) for t in plan)),
+         {"workspace": torch.empty(torch.ops.glm52.sparse_mla_decode_workspace_bytes(2, 1, 8, 3), dtype=torch.uint8,
+                                   device=d),
+          "out": torch.empty(2, 1, 8, 512, dtype=torch.bfloat16, device=d), "lse": torch.empty(2, 1, 8, device=d)}),
     ]
 
 
@@ -237,9 +249,10 @@ def test_inputs_are_not_mutated(device):
 def test_every_registered_op_has_a_sample():
     registered = {name for name in dir(torch.ops.glm52) if not name.startswith("_")}
     registered -= {"name"}  # attribute of the namespace object, not an op
-    # Queries without tensors (tests/test_spec_ops.py, tests/test_moe_ops.py, test_attention_indexer_topk.py).
+    # Queries without tensors (tests/test_spec_ops.py, tests/test_moe_ops.py, test_attention_indexer_topk.py,
+    # test_attention_split_decode.py).
     registered -= {"spec_verify_workspace_bytes", "fp8_grouped_gemm_workspace_bytes", "moe_permute_workspace_bytes",
-                   "grouped_gemm_config", "indexer_topk_kernel"}
+                   "grouped_gemm_config", "indexer_topk_kernel", "sparse_mla_decode_workspace_bytes"}
     sampled = {op._schema.name.split("::")[1] for op, _, _ in op_samples("cpu")}
     assert registered <= sampled, f"ops without an opcheck sample: {sorted(registered - sampled)}"
 

@@ -2,6 +2,7 @@
 #pragma once
 
 #include "attention/attention_cache.h"
+#include "attention/attention_split.h"
 #include "common/checks.h"
 
 #include <ATen/core/Tensor.h>
@@ -18,6 +19,8 @@ inline constexpr const char* kIndexerLogitsPagedOp = "indexer_logits_paged";
 inline constexpr const char* kTopkOp = "topk_indices";
 inline constexpr const char* kSparsePrefillOp = "sparse_mla_prefill";
 inline constexpr const char* kSparseDecodeOp = "sparse_mla_decode";
+inline constexpr const char* kSparseDecodeMetadataOp = "sparse_mla_decode_metadata";
+inline constexpr int64_t kMaxSmParts = 1 << 16;
 inline constexpr int64_t kMaxHeads = 128;
 
 inline void check_tensor(const at::Tensor& t, const char* op, const char* arg, at::ScalarType dtype,
@@ -228,6 +231,61 @@ inline bool check_sparse_decode(const at::Tensor& q, const at::Tensor& cache, co
   const bool fp8 = check_mla_cache(cache, op, "cache");
   check_same_device(cache, q, op, "cache", "q");
   return fp8;
+}
+
+// row_topk int32 [B] contiguous; 1 <= num_sm_parts <= 65536.
+inline void check_decode_metadata(const at::Tensor& row_topk, int64_t num_sm_parts) {
+  const char* op = kSparseDecodeMetadataOp;
+  check_dim(row_topk, op, "row_topk", 1, "[B]");
+  check_dtype(row_topk, op, "row_topk", {at::kInt});
+  check_contiguous(row_topk, op, "row_topk");
+  GLM52_CHECK_ARG(row_topk.size(0) <= kSplitMaxRows, op, "row_topk", "must have at most ", kSplitMaxRows,
+                  " rows, got ", row_topk.size(0));
+  GLM52_CHECK_ARG(num_sm_parts >= 1 && num_sm_parts <= kMaxSmParts, op, "num_sm_parts", "must be in 1..", kMaxSmParts,
+                  ", got ", num_sm_parts);
+}
+
+inline void check_decode_metadata_out(const at::Tensor& row_topk, int64_t num_sm_parts, const at::Tensor& meta,
+                                      const at::Tensor& num_splits) {
+  const char* op = kSparseDecodeMetadataOp;
+  check_tensor(meta, op, "tile_scheduler_metadata", at::kInt, {num_sm_parts, kSplitMetaInts}, "[num_sm_parts, 8]",
+               row_topk, "row_topk");
+  check_tensor(num_splits, op, "num_splits", at::kInt, {row_topk.size(0) + 1}, "[B + 1]", row_topk, "row_topk");
+}
+
+// The optional split-KV plan of sparse_mla_decode (both tensors or neither) and its workspace.
+// Returns the number of parts (0: no plan, the unsplit path).
+inline int64_t check_decode_plan(const at::Tensor& q, const std::optional<at::Tensor>& meta,
+                                 const std::optional<at::Tensor>& num_splits,
+                                 const std::optional<at::Tensor>& workspace) {
+  const char* op = kSparseDecodeOp;
+  GLM52_CHECK_ARG(meta.has_value() == num_splits.has_value(), op, meta ? "num_splits" : "tile_scheduler_metadata",
+                  "must be given with '", meta ? "tile_scheduler_metadata" : "num_splits",
+                  "' (both from sparse_mla_decode_metadata, or neither)");
+  if (!meta) {
+    GLM52_CHECK_ARG(!workspace.has_value(), op, "workspace", "is only used with a split plan (tile_scheduler_metadata)");
+    return 0;
+  }
+  check_dim(*meta, op, "tile_scheduler_metadata", 2, "[num_sm_parts, 8]");
+  const int64_t parts = meta->size(0);
+  GLM52_CHECK_ARG(parts >= 1 && parts <= kMaxSmParts, op, "tile_scheduler_metadata", "must have 1..", kMaxSmParts,
+                  " parts, got shape ", shape_str(meta->sizes()));
+  check_tensor(*meta, op, "tile_scheduler_metadata", at::kInt, {parts, kSplitMetaInts}, "[num_sm_parts, 8]", q, "q");
+  check_tensor(*num_splits, op, "num_splits", at::kInt, {q.size(0) + 1}, "[B + 1]", q, "q");
+  GLM52_CHECK_ARG(q.size(1) * ceil_div(q.size(2), 16) <= 65535, op, "q", "with a split plan must have sq * ceil(H / 16) <= 65535 "
+                  "(the CUDA grid), got shape ", shape_str(q.sizes()));
+  if (workspace) {
+    const at::Tensor& w = *workspace;
+    check_dim(w, op, "workspace", 1, "[bytes]");
+    check_dtype(w, op, "workspace", {at::kByte});
+    check_contiguous(w, op, "workspace");
+    check_same_device(w, q, op, "workspace", "q");
+    check_aligned16(w, op, "workspace");
+    const int64_t need = split_workspace_bytes(q.size(0), q.size(1), q.size(2), parts);
+    GLM52_CHECK_ARG(w.numel() >= need, op, "workspace", "must hold at least ", need,
+                    " bytes (sparse_mla_decode_workspace_bytes), got ", w.numel());
+  }
+  return parts;
 }
 
 }  // namespace glm52::attention

@@ -68,15 +68,32 @@ std::tuple<at::Tensor, at::Tensor> sparse_mla_prefill(const at::Tensor& q, const
 }
 
 std::tuple<at::Tensor, at::Tensor> sparse_mla_decode(const at::Tensor& q, const at::Tensor& cache,
-                                                     const at::Tensor& indices, double sm_scale) {
+                                                     const at::Tensor& indices, double sm_scale,
+                                                     const std::optional<at::Tensor>& tile_scheduler_metadata,
+                                                     const std::optional<at::Tensor>& num_splits,
+                                                     const std::optional<at::Tensor>& workspace) {
   check_sparse_decode(q, cache, indices);
+  check_decode_plan(q, tile_scheduler_metadata, num_splits, workspace);
   auto [out, lse] = sparse_outputs(q);
   static auto op = c10::Dispatcher::singleton()
                        .findSchemaOrThrow("glm52::sparse_mla_decode_out", "")
-                       .typed<void(const at::Tensor&, const at::Tensor&, const at::Tensor&, double, at::Tensor&,
-                                   at::Tensor&)>();
-  op.call(q, cache, indices, sm_scale, out, lse);
+                       .typed<void(const at::Tensor&, const at::Tensor&, const at::Tensor&, double,
+                                   const std::optional<at::Tensor>&, const std::optional<at::Tensor>&,
+                                   const std::optional<at::Tensor>&, at::Tensor&, at::Tensor&)>();
+  op.call(q, cache, indices, sm_scale, tile_scheduler_metadata, num_splits, workspace, out, lse);
   return {out, lse};
+}
+
+std::tuple<at::Tensor, at::Tensor> sparse_mla_decode_metadata(const at::Tensor& row_topk, int64_t num_sm_parts) {
+  check_decode_metadata(row_topk, num_sm_parts);
+  auto options = row_topk.options();
+  auto meta = at::empty({num_sm_parts, kSplitMetaInts}, options);
+  auto num_splits = at::empty({row_topk.size(0) + 1}, options);
+  static auto op = c10::Dispatcher::singleton()
+                       .findSchemaOrThrow("glm52::sparse_mla_decode_metadata_out", "")
+                       .typed<void(const at::Tensor&, int64_t, at::Tensor&, at::Tensor&)>();
+  op.call(row_topk, num_sm_parts, meta, num_splits);
+  return {meta, num_splits};
 }
 
 }  // namespace
@@ -97,9 +114,20 @@ TORCH_LIBRARY_FRAGMENT(glm52, m) {
   m.def("sparse_mla_prefill(Tensor q, Tensor kv, Tensor indices, float sm_scale) -> (Tensor, Tensor)");
   m.def("sparse_mla_prefill_out(Tensor q, Tensor kv, Tensor indices, float sm_scale, *, Tensor(a!) out, "
         "Tensor(b!) lse) -> ()");
-  m.def("sparse_mla_decode(Tensor q, Tensor cache, Tensor indices, float sm_scale) -> (Tensor, Tensor)");
-  m.def("sparse_mla_decode_out(Tensor q, Tensor cache, Tensor indices, float sm_scale, *, Tensor(a!) out, "
+  // Split-KV decode (attention_split.h): the plan of sparse_mla_decode_metadata, and an optional
+  // preallocated workspace (sparse_mla_decode_workspace_bytes) for the partial results.
+  m.def("sparse_mla_decode(Tensor q, Tensor cache, Tensor indices, float sm_scale, Tensor? tile_scheduler_metadata=None, "
+        "Tensor? num_splits=None, Tensor(c!)? workspace=None) -> (Tensor, Tensor)");
+  m.def("sparse_mla_decode_out(Tensor q, Tensor cache, Tensor indices, float sm_scale, "
+        "Tensor? tile_scheduler_metadata=None, Tensor? num_splits=None, Tensor(c!)? workspace=None, *, Tensor(a!) out, "
         "Tensor(b!) lse) -> ()");
+  m.def("sparse_mla_decode_metadata(Tensor row_topk, int num_sm_parts) -> (Tensor, Tensor)");
+  m.def("sparse_mla_decode_metadata_out(Tensor row_topk, int num_sm_parts, *, Tensor(a!) tile_scheduler_metadata, "
+        "Tensor(b!) num_splits) -> ()");
+  m.def("sparse_mla_decode_workspace_bytes(int batch, int sq, int heads, int num_sm_parts) -> int",
+        [](int64_t batch, int64_t sq, int64_t heads, int64_t num_sm_parts) {
+          return split_workspace_bytes(batch, sq, heads, num_sm_parts);
+        });
 }
 
 TORCH_LIBRARY_IMPL(glm52, CompositeExplicitAutograd, m) {
@@ -108,6 +136,7 @@ TORCH_LIBRARY_IMPL(glm52, CompositeExplicitAutograd, m) {
   m.impl("topk_indices", &topk_indices);
   m.impl("sparse_mla_prefill", &sparse_mla_prefill);
   m.impl("sparse_mla_decode", &sparse_mla_decode);
+  m.impl("sparse_mla_decode_metadata", &sparse_mla_decode_metadata);
 }
 
 }  // namespace glm52::attention

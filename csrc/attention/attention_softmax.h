@@ -58,4 +58,20 @@ GLM52_HD float softmax_lse(const SoftmaxState& s) {
 #endif
 }
 
+// Merging partial results by log-sum-exp (split-KV decode): partial i is a normalized output o_i
+// with its lse_i (natural log, -inf when it saw no valid key). The whole has lse = ln sum_i
+// exp(lse_i) and o = sum_i w_i o_i / sum_i w_i with w_i = exp(lse_i - max_i lse_i): the weight
+// below, 0 for an empty partial (and every weight 0 when all are empty: o = 0, lse = -inf).
+GLM52_HD float lse_merge_weight(float lse_i, float lse_max) {
+  return lse_i == neg_inf() ? 0.0f : fast_exp2((lse_i - lse_max) * kLog2e);
+}
+
+GLM52_HD float lse_merge_total(float lse_max, float weight_sum) {
+#if defined(__CUDA_ARCH__)
+  return weight_sum > 0.0f ? lse_max + log2f(weight_sum) * kLn2 : neg_inf();
+#else
+  return weight_sum > 0.0f ? lse_max + std::log2(weight_sum) * kLn2 : neg_inf();
+#endif
+}
+
 }  // namespace glm52::attention

@@ -29,10 +29,6 @@ __all__ = ["FlashMLASchedMeta", "flash_mla_sparse_fwd", "flash_mla_with_kvcache"
 
 TILE_SCHEDULER_METADATA_SIZE = 8
 """Ints per SM partition in the tile scheduler metadata (FlashMLA's ``TileSchedulerMetaDataSize``)."""
-PLAN_BLOCK = 64
-"""Top-k entries per planned block (FlashMLA's sparse decode block)."""
-FIXED_OVERHEAD_BLOCKS = 5
-"""The cost of one split (its combine), in blocks (FlashMLA's ``fixed_overhead_num_blocks``)."""
 _LATENT, _VALUE = 576, 512
 
 
@@ -48,77 +44,31 @@ class FlashMLASchedMeta:
     num_splits: torch.Tensor | None = None  # [b + 1] int32
 
 
-def _sm_count(device: torch.device) -> int:
-    if device.type == "cuda":
-        return torch.cuda.get_device_properties(device).multi_processor_count
-    return 132  # an H100/H200: the CPU plan then equals the one a Hopper GPU would use
-
-
-def plan_sparse_decode(
-    row_topk: torch.Tensor, num_sm_parts: int
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Split each batch row's top-k over ``num_sm_parts`` partitions: FlashMLA's metadata layout.
-
-    Row b costs ``ceil(row_topk[b] / 64)`` blocks plus :data:`FIXED_OVERHEAD_BLOCKS`; the rows' costs
-    lie end to end on one line, which is cut into ``num_sm_parts`` equal spans (the last ones may be
-    empty). Partition p's row of ``tile_scheduler_metadata`` is ``[begin_row, begin_block, end_row,
-    end_block, begin_split, 0, 0, 0]``: it runs blocks ``[begin_block, ...)`` of ``begin_row`` through
-    blocks ``[..., end_block)`` of ``end_row`` (inclusive row, exclusive block), and its first piece is
-    split number ``begin_split`` of ``begin_row``; an empty partition has ``begin_row = b``. Row b is
-    cut into ``num_splits[b + 1] - num_splits[b]`` pieces (one more than the partition starts strictly
-    inside it). Torch ops on the device: no host synchronization, CUDA-graph safe.
+def plan_sparse_decode(row_topk: torch.Tensor, num_sm_parts: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Split each batch row's top-k over ``num_sm_parts`` partitions in FlashMLA's metadata layout:
+    ``glm52_ext.ops.sparse_mla_decode_metadata`` (its docstring has the layout), on the device with
+    no host synchronization.
 
     Parameters
     ----------
     row_topk : torch.Tensor
         ``[b]`` int32 top-k entries of each batch row (``topk`` or ``topk_length``).
     num_sm_parts : int
-        Partitions (the SMs the split-KV decode runs on, per head group).
+        Partitions (CTAs per query token and 64-head group of the split-KV decode).
 
     Returns
     -------
     (tile_scheduler_metadata, num_splits) : int32 ``[num_sm_parts, 8]`` and ``[b + 1]``.
     """
-    device = row_topk.device
-    rows = row_topk.numel()
-    blocks = (row_topk.long().clamp_min(0) + PLAN_BLOCK - 1) // PLAN_BLOCK
-    cost = blocks + FIXED_OVERHEAD_BLOCKS
-    row_end = torch.cumsum(cost, 0)
-    row_start = row_end - cost
-    total = row_end[-1] if rows else torch.zeros((), dtype=torch.long, device=device)
-    span = (total + num_sm_parts - 1) // num_sm_parts
-    part = torch.arange(num_sm_parts, device=device)
-    begin = part * span
-    end = torch.minimum(begin + span, total)
-    empty = begin >= total
-
-    def locate(position):  # the row holding a unit position, and the block inside it (clamped)
-        row = torch.searchsorted(row_end, position, right=True).clamp_max(max(rows - 1, 0))
-        return row, (position - row_start[row]).clamp(min=0).minimum(blocks[row]) if rows else position
-
-    begin_row, begin_block = locate(begin)
-    end_row, end_block = locate((end - 1).clamp_min(0))
-    end_block = torch.where(end - row_start[end_row] >= blocks[end_row], blocks[end_row], end_block + 1) if rows else end
-    # Starts strictly inside a row cut it: a partition's split index counts those before it in its row.
-    inner = (begin > row_start[begin_row]) & ~empty if rows else torch.zeros_like(empty)
-    first_inner = torch.searchsorted(begin, row_start[begin_row], right=True) if rows else part
-    begin_split = torch.where(inner, part - first_inner + 1, 0)
-    cuts = torch.zeros(rows, dtype=torch.long, device=device)
-    if rows:
-        cuts.index_add_(0, begin_row, inner.long())
-    num_splits = torch.cat([cuts.new_zeros(1), torch.cumsum(cuts + 1, 0)])
-    meta = torch.zeros(num_sm_parts, TILE_SCHEDULER_METADATA_SIZE, dtype=torch.long, device=device)
-    meta[:, 0] = torch.where(empty, rows, begin_row)
-    meta[:, 1] = torch.where(empty, 0, begin_block)
-    meta[:, 2] = torch.where(empty, rows, end_row)
-    meta[:, 3] = torch.where(empty, 0, end_block)
-    meta[:, 4] = begin_split
-    return meta.to(torch.int32), num_splits.to(torch.int32)
+    return ops.sparse_mla_decode_metadata(row_topk.to(torch.int32).contiguous(), num_sm_parts)
 
 
-def _num_sm_parts(device: torch.device, q_tokens_per_head_k: int, heads_k: int) -> int:
-    """FlashMLA's partition count: the SMs divided among KV heads and 64-row query tiles."""
-    return max(1, _sm_count(device) // heads_k // max(1, (q_tokens_per_head_k + 63) // 64))
+def _num_sm_parts(device: torch.device, q_tokens_per_head_k: int, heads_q: int | None) -> int:
+    """Partitions for ``q_tokens_per_head_k = s_q * h_q`` query rows: glm52's split decode runs
+    ``s_q * ceil(h_q / 64)`` CTAs per partition (without ``h_q``, FlashMLA's ``ceil(rows / 64)``)."""
+    if heads_q:
+        return ops.sparse_mla_decode_sm_parts(device, max(1, q_tokens_per_head_k // heads_q), heads_q)
+    return ops.sparse_mla_decode_sm_parts(device, max(1, -(-q_tokens_per_head_k // 64)), 64)
 
 
 def get_mla_metadata(
@@ -139,7 +89,7 @@ def get_mla_metadata(
       (the sparse form of the 2025 interface): returns the plan now, ``(tile_scheduler_metadata
       [num_sm_parts, 8], num_splits [b + 1])`` int32 on ``cache_seqlens``' device, every row
       costing ``topk`` (:func:`plan_sparse_decode`). ``topk`` is required (only sparse decode is
-      covered).
+      covered). The plan drives glm52's split-KV decode in :func:`flash_mla_with_kvcache`.
     """
     if cache_seqlens is None:
         return FlashMLASchedMeta(), None
@@ -148,7 +98,7 @@ def get_mla_metadata(
     if num_q_tokens_per_head_k is None:
         raise ValueError("get_mla_metadata: argument 'num_q_tokens_per_head_k' is required with 'cache_seqlens'")
     row_topk = torch.full_like(cache_seqlens, topk, dtype=torch.int32)
-    return plan_sparse_decode(row_topk, _num_sm_parts(cache_seqlens.device, num_q_tokens_per_head_k, num_heads_k))
+    return plan_sparse_decode(row_topk, _num_sm_parts(cache_seqlens.device, num_q_tokens_per_head_k, num_heads_q))
 
 
 def _lse_flash(lse: torch.Tensor) -> torch.Tensor:
@@ -273,8 +223,9 @@ def flash_mla_with_kvcache(
     tile_scheduler_metadata : FlashMLASchedMeta or torch.Tensor
         From :func:`get_mla_metadata`: the new-interface object (planned here on its first use, then
         checked against the shapes), or the 2025 interface's ``[num_sm_parts, 8]`` int32 tensor with
-        ``num_splits [b + 1]``. The plan is validated and kept; until glm52's split-KV decode lands
-        the decode runs ``glm52_ext.ops.sparse_mla_decode``, which schedules itself.
+        ``num_splits [b + 1]``. The plan drives glm52's split-KV decode
+        (``glm52_ext.ops.sparse_mla_decode`` with ``tile_scheduler_metadata``/``num_splits``): each
+        row's top-k is cut across partitions and the pieces merged by LSE.
     softmax_scale : float, optional
         Default ``576^-0.5`` (FlashMLA's ``d_qk^-0.5``).
     causal : bool
@@ -309,16 +260,17 @@ def flash_mla_with_kvcache(
         raise ValueError(f"{fn}: argument 'is_fp8_kvcache' is {is_fp8_kvcache} but 'k_cache' rows are {row} bytes "
                          "(656: FP8, 1152: BF16)")
     b, s_q, h_q, _ = q.shape
-    _check_plan(fn, tile_scheduler_metadata, num_splits, q, k_cache, indices, topk_length)
+    meta, splits = _check_plan(fn, tile_scheduler_metadata, num_splits, q, k_cache, indices, topk_length)
     scale = q.shape[-1] ** -0.5 if softmax_scale is None else softmax_scale
     idx = _mask_topk_length(indices, topk_length).contiguous()
-    out, lse = ops.sparse_mla_decode(q, k_cache, idx, scale)
+    out, lse = ops.sparse_mla_decode(q, k_cache, idx, scale, tile_scheduler_metadata=meta, num_splits=splits)
     out = _apply_sink(out, lse, attn_sink)
     return out, _lse_flash(lse).transpose(1, 2).contiguous()
 
 
-def _check_plan(fn, meta, num_splits, q, k_cache, indices, topk_length) -> None:
-    """Plan on first use (new interface) or check the given plan's shapes; no host sync either way."""
+def _check_plan(fn, meta, num_splits, q, k_cache, indices, topk_length) -> tuple[torch.Tensor, torch.Tensor]:
+    """Plan on first use (new interface) or check the given plan's shapes; no host sync either way.
+    Returns the plan's tensors."""
     b, s_q, h_q, _ = q.shape
     if isinstance(meta, FlashMLASchedMeta):
         config = (b, s_q, h_q, k_cache.shape[1], indices.shape[-1], topk_length is not None)
@@ -326,12 +278,12 @@ def _check_plan(fn, meta, num_splits, q, k_cache, indices, topk_length) -> None:
             row_topk = topk_length if topk_length is not None else torch.full(
                 (b,), indices.shape[-1], dtype=torch.int32, device=q.device)
             meta.tile_scheduler_metadata, meta.num_splits = plan_sparse_decode(
-                row_topk, _num_sm_parts(q.device, s_q * h_q, 1))
+                row_topk, _num_sm_parts(q.device, s_q * h_q, h_q))
             meta.config, meta.have_initialized = config, True
         elif meta.config != config:
             raise ValueError(f"{fn}: argument 'tile_scheduler_metadata' was planned for (b, s_q, h_q, block, topk, "
                              f"topk_length given) = {meta.config}, got {config}; use a new get_mla_metadata()")
-        return
+        return meta.tile_scheduler_metadata, meta.num_splits
     if not isinstance(meta, torch.Tensor) or meta.dim() != 2 or meta.shape[1] != TILE_SCHEDULER_METADATA_SIZE \
             or meta.dtype != torch.int32 or meta.device != q.device:
         raise ValueError(f"{fn}: argument 'tile_scheduler_metadata' must be a FlashMLASchedMeta or an int32 "
@@ -339,3 +291,4 @@ def _check_plan(fn, meta, num_splits, q, k_cache, indices, topk_length) -> None:
     if num_splits is None or num_splits.shape != (b + 1,) or num_splits.dtype != torch.int32:
         raise ValueError(f"{fn}: argument 'num_splits' must be int32 [b + 1] = [{b + 1}] (get_mla_metadata), got "
                          f"{None if num_splits is None else (num_splits.dtype, list(num_splits.shape))}")
+    return meta, num_splits

@@ -56,6 +56,9 @@ __all__ = [
     "indexer_topk_paged",
     "mla_cache_write",
     "sparse_mla_decode",
+    "sparse_mla_decode_metadata",
+    "sparse_mla_decode_sm_parts",
+    "sparse_mla_decode_workspace_bytes",
     "sparse_mla_prefill",
     "topk_indices",
 ]
@@ -377,6 +380,9 @@ def sparse_mla_decode(
     indices: torch.Tensor,
     sm_scale: float,
     *,
+    tile_scheduler_metadata: torch.Tensor | None = None,
+    num_splits: torch.Tensor | None = None,
+    workspace: torch.Tensor | None = None,
     out: torch.Tensor | None = None,
     lse: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -385,6 +391,15 @@ def sparse_mla_decode(
     As :func:`sparse_mla_prefill`, with keys read from ``cache`` (BF16 or FP8 format, dequantized as
     stored) at the *slots* ``indices[b, j, :]`` (−1 or out-of-range slots ignored). Also serves
     chunked prefill against a cached prefix (``B = 1``, ``sq`` = chunk length).
+
+    **Split-KV** (small batches): with a plan from :func:`sparse_mla_decode_metadata`, each batch
+    row's top-k is cut into pieces spread over ``num_sm_parts`` parts (CUDA: CTAs per query token
+    and 64-head group; CPU: loop tasks), each piece gives a partial (out, lse), and rows in several
+    pieces are merged by log-sum-exp. The result equals the unsplit one within fp32 rounding (a
+    row in one piece: bit for bit) whatever lengths the plan was made from: they only place the
+    cuts (a row's last piece runs to ``k``). The plan is read on the device (no host sync); a
+    corrupt plan gives wrong rows but never an out-of-bounds access. Needs
+    ``sq * ceil(H / 16) <= 65535``.
 
     Parameters
     ----------
@@ -397,10 +412,63 @@ def sparse_mla_decode(
         ``[B, sq, k]`` int32 slots.
     sm_scale : float
         Softmax scale.
+    tile_scheduler_metadata, num_splits : torch.Tensor, optional
+        The split plan, int32 ``[num_sm_parts, 8]`` and ``[B + 1]`` (both or neither).
+    workspace : torch.Tensor, optional
+        uint8 scratch for the partial results, at least :func:`sparse_mla_decode_workspace_bytes`
+        bytes, 16-byte aligned (only with a plan; allocated per call when omitted).
     out, lse : torch.Tensor, optional
         Preallocated ``[B, sq, H, 512]`` bfloat16 and ``[B, sq, H]`` float32, both or neither.
     """
-    return functional_or_out("sparse_mla_decode", (q, cache, indices, sm_scale), out=out, lse=lse)
+    args = (q, cache, indices, sm_scale, tile_scheduler_metadata, num_splits, workspace)
+    return functional_or_out("sparse_mla_decode", args, out=out, lse=lse)
+
+
+def sparse_mla_decode_metadata(row_topk: torch.Tensor, num_sm_parts: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The split-KV plan of :func:`sparse_mla_decode` (FlashMLA's ``get_mla_metadata`` layout),
+    computed on ``row_topk``'s device with no host synchronization (CUDA-graph safe; one small
+    kernel), shapes fixed by ``B`` and ``num_sm_parts``. Compute it once per decode step: every layer
+    attending with the same row lengths shares it.
+
+    Batch row b costs ``ceil(row_topk[b] / 64)`` blocks plus 5 (its merge); the rows' costs lie end
+    to end on one line cut into ``num_sm_parts`` equal spans. Part p's row of the metadata is
+    ``[begin_row, begin_block, end_row, end_block, begin_split, 0, 0, 0]``: it runs blocks
+    ``[begin_block, ...)`` of ``begin_row`` through blocks ``[..., end_block)`` of ``end_row``
+    (inclusive row, exclusive block), its first piece being piece ``begin_split`` of ``begin_row``;
+    an empty part has ``begin_row = end_row = B``. Row b is cut into ``num_splits[b + 1] -
+    num_splits[b]`` pieces (one plus the part starts strictly inside it); at most
+    ``B + num_sm_parts - 1`` pieces in all.
+
+    Parameters
+    ----------
+    row_topk : torch.Tensor
+        ``[B]`` int32: each batch row's expected work, in leading index entries (``k``, or
+        ``min(k, context length)`` when the rest is −1 padding); negative counts as 0, more than
+        2^20 as 2^20. It balances the parts; it never changes the decode's result.
+    num_sm_parts : int
+        Parts, 1..65536 (:func:`sparse_mla_decode_sm_parts`).
+
+    Returns
+    -------
+    (tile_scheduler_metadata, num_splits) : int32 ``[num_sm_parts, 8]`` and ``[B + 1]``.
+    """
+    return torch.ops.glm52.sparse_mla_decode_metadata(row_topk, num_sm_parts)
+
+
+def sparse_mla_decode_workspace_bytes(batch: int, sq: int, heads: int, num_sm_parts: int) -> int:
+    """Bytes of the split decode's ``workspace`` for ``q [batch, sq, heads, 576]``: fp32 partial
+    outputs and lse for ``batch + num_sm_parts`` pieces (host arithmetic, no device work)."""
+    return torch.ops.glm52.sparse_mla_decode_workspace_bytes(batch, sq, heads, num_sm_parts)
+
+
+def sparse_mla_decode_sm_parts(device: torch.device | str, sq: int, heads: int) -> int:
+    """Parts a split plan should use on ``device`` for ``sq`` query tokens of ``heads`` heads: the
+    device's parallel units (CUDA: SMs; CPU: intra-op threads) shared among the ``sq * ceil(heads / 64)``
+    CTAs each part launches (FlashMLA's rule). Host query only (cached device properties)."""
+    device = torch.device(device)
+    units = torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" \
+        else torch.get_num_threads()
+    return max(1, units // max(1, sq * -(-heads // 64)))
 
 
 # Fake (meta) implementations: shapes and dtypes only, for torch.compile. Mutating ops return nothing.
@@ -487,11 +555,24 @@ def _sparse_mla_prefill_out(q, kv, indices, sm_scale, *, out, lse):
 
 
 @torch.library.register_fake("glm52::sparse_mla_decode")
-def _sparse_mla_decode(q, cache, indices, sm_scale):
+def _sparse_mla_decode(q, cache, indices, sm_scale, tile_scheduler_metadata=None, num_splits=None, workspace=None):
     torch._check(q.dim() == 4, lambda: f"glm52.sparse_mla_decode: argument 'q' must be 4-D [B, sq, H, 576], got {list(q.shape)}")
     return _sparse_outputs(q)
 
 
 @torch.library.register_fake("glm52::sparse_mla_decode_out")
-def _sparse_mla_decode_out(q, cache, indices, sm_scale, *, out, lse):
+def _sparse_mla_decode_out(q, cache, indices, sm_scale, tile_scheduler_metadata=None, num_splits=None, workspace=None,
+                           *, out, lse):
+    return None
+
+
+@torch.library.register_fake("glm52::sparse_mla_decode_metadata")
+def _sparse_mla_decode_metadata(row_topk, num_sm_parts):
+    torch._check(row_topk.dim() == 1, lambda: f"glm52.sparse_mla_decode_metadata: argument 'row_topk' must be 1-D [B], got {list(row_topk.shape)}")
+    return (row_topk.new_empty((num_sm_parts, 8), dtype=torch.int32),
+            row_topk.new_empty((row_topk.shape[0] + 1,), dtype=torch.int32))
+
+
+@torch.library.register_fake("glm52::sparse_mla_decode_metadata_out")
+def _sparse_mla_decode_metadata_out(row_topk, num_sm_parts, *, tile_scheduler_metadata, num_splits):
     return None

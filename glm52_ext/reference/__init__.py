@@ -32,6 +32,7 @@ from .attention import (
     mla_cache_write,
     positions_to_slots,
     sparse_mla_decode,
+    sparse_mla_decode_metadata,
     sparse_mla_prefill,
     topk_indices,
 )
@@ -82,6 +83,7 @@ __all__ = [
     "silu_and_mul",
     "silu_and_mul_quant_fp8",
     "sparse_mla_decode",
+    "sparse_mla_decode_metadata",
     "sparse_mla_prefill",
     "spec_verify_greedy",
     "spec_verify_sampling",

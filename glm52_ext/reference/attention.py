@@ -36,6 +36,7 @@ __all__ = [
     "mla_cache_write",
     "positions_to_slots",
     "sparse_mla_decode",
+    "sparse_mla_decode_metadata",
     "sparse_mla_prefill",
     "topk_indices",
 ]
@@ -210,9 +211,47 @@ def sparse_mla_prefill(q, kv, indices, sm_scale: float) -> tuple[torch.Tensor, t
     return _sparse_mla(q, kv.float(), indices, sm_scale)
 
 
+SPLIT_BLOCK, SPLIT_OVERHEAD_BLOCKS, SPLIT_META_INTS, SPLIT_MAX_ROW_TOPK = 64, 5, 8, 1 << 20
+
+
+def sparse_mla_decode_metadata(row_topk: torch.Tensor, num_sm_parts: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The split-KV plan, unit by unit: row b costs ``ceil(row_topk[b] / 64)`` block units (row_topk
+    clamped to ``[0, 2^20]``) plus 5
+    overhead units; the rows' units lie end to end and are cut into ``num_sm_parts`` spans of
+    ``ceil(total / num_sm_parts)``. Part p's row is ``[begin_row, begin_block, end_row, end_block,
+    begin_split, 0, 0, 0]`` (empty part: ``[B, 0, B, 0, 0, ...]``); a part start strictly inside a
+    row adds a piece to it. Returns int32 ``[num_sm_parts, 8]`` and ``[B + 1]`` (prefix sums of the
+    pieces)."""
+    blocks = [-(-min(max(int(t), 0), SPLIT_MAX_ROW_TOPK) // SPLIT_BLOCK) for t in row_topk.tolist()]
+    rows = len(blocks)
+    units = [(r, min(u, n)) for r, n in enumerate(blocks) for u in range(n + SPLIT_OVERHEAD_BLOCKS)]
+    span = -(-len(units) // num_sm_parts) if units else 0
+    row_first_unit: dict[int, int] = {}
+    for i, (r, _) in enumerate(units):
+        row_first_unit.setdefault(r, i)
+    starts = [p * span for p in range(num_sm_parts)]
+    meta, pieces = [], [1] * rows
+    for p, begin in enumerate(starts):
+        if begin >= len(units):
+            meta.append([rows, 0, rows, 0, 0, 0, 0, 0])
+            continue
+        end = min(begin + span, len(units))
+        (br, bb), (er, eb) = units[begin], units[end - 1]
+        if begin > row_first_unit[br]:
+            pieces[br] += 1
+        split = sum(1 for s in starts[: p + 1] if row_first_unit[br] < s < len(units) and units[s][0] == br)
+        meta.append([br, bb, er, min(eb + 1, blocks[er]), split, 0, 0, 0])
+    num_splits = [0]
+    for n in pieces:
+        num_splits.append(num_splits[-1] + n)
+    return torch.tensor(meta, dtype=torch.int32).view(num_sm_parts, SPLIT_META_INTS), \
+        torch.tensor(num_splits, dtype=torch.int32)
+
+
 def sparse_mla_decode(q, cache, indices, sm_scale: float) -> tuple[torch.Tensor, torch.Tensor]:
     """As :func:`sparse_mla_prefill` with ``q [B, sq, H, 576]`` and ``indices [B, sq, k]`` slots of the
-    paged MLA ``cache`` (BF16 or FP8 format, dequantized as stored)."""
+    paged MLA ``cache`` (BF16 or FP8 format, dequantized as stored). A split plan does not change
+    the result (the op merges its pieces to the same softmax)."""
     b, sq, h, d = q.shape
     out, lse = _sparse_mla(q.reshape(b * sq, h, d), mla_cache_read(cache), indices.reshape(b * sq, -1), sm_scale)
     return out.reshape(b, sq, h, VALUE_DIM), lse.reshape(b, sq, h)

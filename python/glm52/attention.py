@@ -94,7 +94,8 @@ class MLAttention(nn.Module):
         w_kv = self.kv_b_proj.dense_weight(n.dtype).view(h, c.qk_nope_head_dim + c.v_head_dim, c.kv_lora_rank)
         w_uk, w_uv = w_kv.split((c.qk_nope_head_dim, c.v_head_dim), dim=1)
         q_lat = per_head_matmul(q_nope, w_uk)
-        o_lat = view.cache.attend(self.layer_idx, torch.cat((q_lat, q_pe), dim=-1), topk, c.qk_head_dim**-0.5)
+        o_lat = view.cache.attend(self.layer_idx, torch.cat((q_lat, q_pe), dim=-1), topk, c.qk_head_dim**-0.5,
+                                  view.decode_plan)
         o = per_head_matmul(o_lat, w_uv.transpose(1, 2)).reshape(b, t, h * c.v_head_dim)
         return self.o_proj(o), topk
 

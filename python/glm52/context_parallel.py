@@ -214,7 +214,9 @@ class ContextParallelCache(PagedKVCache):
             out[:, rows] = torch.einsum("bth,bthk->btk", w[:, rows], dots) * scales[s]
         return out.masked_fill(slots < 0, float("-inf"))
 
-    def attend(self, layer: int, query: torch.Tensor, slots: torch.Tensor, sm_scale: float) -> torch.Tensor:
+    def attend(self, layer: int, query: torch.Tensor, slots: torch.Tensor, sm_scale: float,
+               plan=None) -> torch.Tensor:
+        # ``plan`` (split-KV) is not used: the group's gathered heads attend unsplit (untested with a plan).
         b, t, h, d = query.shape
         cp = self.cp.size
         group_query = self.cp.gather(query).permute(1, 2, 0, 3, 4).reshape(b, t, cp * h, d)

@@ -133,9 +133,14 @@ class PagedKVCache:
 
     ``shared_storage=True`` gives all layers one buffer: enough for a single forward pass, where
     each layer is done with the cache before the next one writes it.
+
+    ``split_decode`` (kernel formats): whether attention splits each row's top-k across the device
+    (:meth:`sparse_decode_plan`): ``None`` (default) when the unsplit grid would leave the device's
+    parallel units idle, ``True`` at every step, ``False`` never.
     """
 
     slots_are_prefix = True  # a sequence's stored slots are a prefix of its context (not so when context-parallel)
+    split_decode: bool | None = None
 
     def __init__(self, config: GLM52Config, num_blocks: int, dtype: torch.dtype, device: torch.device | str,
                  format: str | None = None, shared_storage: bool = False) -> None:
@@ -281,18 +286,44 @@ class PagedKVCache:
         return streaming_topk(tile_scores, q.shape[0], q.shape[1], context, k, q.device, view.last_positions,
                               with_scores=True)
 
-    def attend(self, layer: int, query: torch.Tensor, slots: torch.Tensor, sm_scale: float) -> torch.Tensor:
-        """Sparse latent attention of ``query [B, T, H, kv_lora + rope]`` over the cached rows at
-        ``slots [B, T, k]`` (−1 ignored) -> ``[B, T, H, kv_lora]`` latent outputs."""
-        return self.attend_with_lse(layer, query, slots, sm_scale)[0].to(query.dtype)
+    def sparse_decode_plan(self, lengths: torch.Tensor, tokens: int) -> SparseDecodePlan | None:
+        """The split-KV plan of one step's attention, shared by every layer (the same row lengths
+        under IndexShare and on full layers alike), or None to run unsplit: the model format, or
+        (``split_decode=None``) a step whose unsplit grid, ``B * tokens * ceil(H / 64)`` CTAs,
+        already fills the device (CUDA SMs, CPU threads). ``lengths [B]``: each sequence's context
+        length after the step; row b's valid slots are among its first ``min(index_topk, lengths[b])``
+        (the indexer pads with −1 at the end). Device ops only (no host sync); its few ops run once
+        per step, outside the layers."""
+        if self.format == "model" or self.split_decode is False:
+            return None
+        heads, batch = self.config.num_attention_heads, lengths.shape[0]  # H bounds any tensor-parallel shard
+        device = self.latent[0].device
+        units = kernels.sparse_mla_decode_sm_parts(device, 1, 64)
+        if self.split_decode is None and batch * tokens * -(-heads // 64) >= units:
+            return None
+        parts = kernels.sparse_mla_decode_sm_parts(device, tokens, heads)
+        row_topk = lengths.clamp(0, self.config.index_topk).int()
+        meta, num_splits = kernels.sparse_mla_decode_metadata(row_topk, parts)
+        workspace = torch.empty(kernels.sparse_mla_decode_workspace_bytes(batch, tokens, heads, parts),
+                                dtype=torch.uint8, device=device)
+        return SparseDecodePlan(meta, num_splits, workspace)
 
-    def attend_with_lse(self, layer: int, query: torch.Tensor, slots: torch.Tensor,
-                        sm_scale: float) -> tuple[torch.Tensor, torch.Tensor]:
+    def attend(self, layer: int, query: torch.Tensor, slots: torch.Tensor, sm_scale: float,
+               plan: SparseDecodePlan | None = None) -> torch.Tensor:
+        """Sparse latent attention of ``query [B, T, H, kv_lora + rope]`` over the cached rows at
+        ``slots [B, T, k]`` (−1 ignored) -> ``[B, T, H, kv_lora]`` latent outputs; split-KV with
+        ``plan`` (:meth:`sparse_decode_plan`, kernel formats)."""
+        return self.attend_with_lse(layer, query, slots, sm_scale, plan)[0].to(query.dtype)
+
+    def attend_with_lse(self, layer: int, query: torch.Tensor, slots: torch.Tensor, sm_scale: float,
+                        plan: SparseDecodePlan | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """:meth:`attend` and the log-sum-exp of each row's scores (fp32 ``[B, T, H]``; −inf and zero
         output where no slot is valid). Output dtype: BF16 for the kernel formats, ``query``'s else."""
         if self.format != "model":
+            split = {} if plan is None else dict(tile_scheduler_metadata=plan.tile_scheduler_metadata,
+                                                 num_splits=plan.num_splits, workspace=plan.workspace)
             return kernels.sparse_mla_decode(query.to(torch.bfloat16).contiguous(), self.latent[layer],
-                                             slots.int().contiguous(), sm_scale)
+                                             slots.int().contiguous(), sm_scale, **split)
         b, t = query.shape[:2]
         out, lse = kernels.sparse_mla_prefill_model(query.flatten(0, 1), self.latent[layer].to(query.dtype),
                                                     slots.flatten(0, 1), sm_scale, self.config.kv_lora_rank)
@@ -391,6 +422,16 @@ def paged_slots(block_table: torch.Tensor, positions: torch.Tensor) -> torch.Ten
 
 
 @dataclass
+class SparseDecodePlan:
+    """A step's split-KV plan (``glm52_ext.ops.sparse_mla_decode_metadata``) and the workspace of
+    the partial results, made once per step and used by every layer in turn."""
+
+    tile_scheduler_metadata: torch.Tensor
+    num_splits: torch.Tensor
+    workspace: torch.Tensor
+
+
+@dataclass
 class CacheView:
     """What one forward step knows about the cache.
 
@@ -401,6 +442,8 @@ class CacheView:
     [B, max_blocks]`` int32: each sequence's blocks (−1 padded), what the paged kernels read.
     ``last_positions``: host ints, when the builder knows them (prefill), the largest position of
     each query index t over the batch; the model format's indexer skips key tiles past them.
+    ``decode_plan``: the step's split-KV attention plan (:meth:`PagedKVCache.sparse_decode_plan`),
+    or None.
     """
 
     cache: PagedKVCache
@@ -409,6 +452,7 @@ class CacheView:
     context_slots: torch.Tensor
     block_table: torch.Tensor
     last_positions: tuple[int, ...] | None = None
+    decode_plan: SparseDecodePlan | None = None
 
     @classmethod
     def contiguous(cls, config: GLM52Config, batch: int, tokens: int, dtype: torch.dtype,
@@ -443,4 +487,5 @@ class CacheView:
         lengths = positions.amax(dim=1, keepdim=True) + 1
         context_positions = torch.where(span < lengths, span, -1)
         return cls(cache, positions, paged_slots(block_table, positions),
-                   paged_slots(block_table, context_positions).int(), block_table, last_positions)
+                   paged_slots(block_table, context_positions).int(), block_table, last_positions,
+                   cache.sparse_decode_plan(lengths.view(-1), positions.shape[1]))

@@ -90,13 +90,18 @@ void topk_indices_out_cuda(const at::Tensor& logits, int64_t k, const std::optio
   C10_CUDA_CHECK(launch_topk_indices(args, stream_of(logits)));
 }
 
+SparseMlaArgs sparse_mla_args(const at::Tensor& q, const uint8_t* tokens, int64_t num_tokens, bool fp8,
+                              const at::Tensor& indices, double sm_scale, at::Tensor& out, at::Tensor& lse) {
+  const int64_t heads = q.size(-2), rows = q.numel() / (heads * kLatentDim);
+  return SparseMlaArgs{ptr<uint16_t>(q), rows, heads, tokens, num_tokens, fp8, indices.const_data_ptr<int32_t>(),
+                       indices.size(-1), static_cast<float>(sm_scale), static_cast<uint16_t*>(out.mutable_data_ptr()),
+                       lse.mutable_data_ptr<float>()};
+}
+
 void sparse_mla_out_cuda(const at::Tensor& q, const uint8_t* tokens, int64_t num_tokens, bool fp8,
                          const at::Tensor& indices, double sm_scale, at::Tensor& out, at::Tensor& lse) {
   const c10::cuda::CUDAGuard guard(q.device());
-  const int64_t heads = q.size(-2), rows = q.numel() / (heads * kLatentDim);
-  SparseMlaArgs args{ptr<uint16_t>(q), rows, heads, tokens, num_tokens, fp8, indices.const_data_ptr<int32_t>(),
-                     indices.size(-1), static_cast<float>(sm_scale), static_cast<uint16_t*>(out.mutable_data_ptr()),
-                     lse.mutable_data_ptr<float>()};
+  const SparseMlaArgs args = sparse_mla_args(q, tokens, num_tokens, fp8, indices, sm_scale, out, lse);
   const cudaStream_t stream = stream_of(q);
   C10_CUDA_CHECK(simt_requested("GLM52_SPARSE_MLA_KERNEL") ? launch_sparse_mla(args, stream)
                                                             : launch_sparse_mla_hgmma(args, stream));
@@ -110,11 +115,42 @@ void sparse_mla_prefill_out_cuda(const at::Tensor& q, const at::Tensor& kv, cons
 }
 
 void sparse_mla_decode_out_cuda(const at::Tensor& q, const at::Tensor& cache, const at::Tensor& indices,
-                                double sm_scale, at::Tensor& out, at::Tensor& lse) {
+                                double sm_scale, const std::optional<at::Tensor>& tile_scheduler_metadata,
+                                const std::optional<at::Tensor>& num_splits,
+                                const std::optional<at::Tensor>& workspace, at::Tensor& out, at::Tensor& lse) {
   const bool fp8 = check_sparse_decode(q, cache, indices);
+  const int64_t parts = check_decode_plan(q, tile_scheduler_metadata, num_splits, workspace);
   check_sparse_outputs(q, out, lse, kSparseDecodeOp, "[B, sq, H, 512]", "[B, sq, H]");
-  sparse_mla_out_cuda(q, cache.const_data_ptr<uint8_t>(), cache.size(0) * kBlockTokens, fp8, indices, sm_scale, out,
-                      lse);
+  const uint8_t* tokens = cache.const_data_ptr<uint8_t>();
+  const int64_t num_tokens = cache.size(0) * kBlockTokens;
+  if (parts == 0) {
+    sparse_mla_out_cuda(q, tokens, num_tokens, fp8, indices, sm_scale, out, lse);
+    return;
+  }
+  const c10::cuda::CUDAGuard guard(q.device());
+  const int64_t batch = q.size(0), sq = q.size(1), heads = q.size(2);
+  // The caller's workspace, or one from the caching allocator (CUDA-graph safe).
+  const at::Tensor scratch = workspace ? *workspace
+                                       : at::empty({split_workspace_bytes(batch, sq, heads, parts)},
+                                                   q.options().dtype(at::kByte));
+  uint8_t* base = static_cast<uint8_t*>(scratch.data_ptr());
+  const SparseSplitArgs split{tile_scheduler_metadata->const_data_ptr<int32_t>(), parts,
+                              num_splits->const_data_ptr<int32_t>(), batch, sq, reinterpret_cast<float*>(base),
+                              reinterpret_cast<float*>(base + split_workspace_lse_offset(batch, sq, heads, parts))};
+  const SparseMlaArgs args = sparse_mla_args(q, tokens, num_tokens, fp8, indices, sm_scale, out, lse);
+  const cudaStream_t stream = stream_of(q);
+  C10_CUDA_CHECK(simt_requested("GLM52_SPARSE_MLA_KERNEL") ? launch_sparse_mla_split(args, split, stream)
+                                                            : launch_sparse_mla_hgmma_split(args, split, stream));
+}
+
+void sparse_mla_decode_metadata_out_cuda(const at::Tensor& row_topk, int64_t num_sm_parts, at::Tensor& meta,
+                                         at::Tensor& num_splits) {
+  check_decode_metadata(row_topk, num_sm_parts);
+  check_decode_metadata_out(row_topk, num_sm_parts, meta, num_splits);
+  const c10::cuda::CUDAGuard guard(row_topk.device());
+  C10_CUDA_CHECK(launch_sparse_mla_metadata(row_topk.const_data_ptr<int32_t>(), row_topk.size(0), num_sm_parts,
+                                            meta.mutable_data_ptr<int32_t>(), num_splits.mutable_data_ptr<int32_t>(),
+                                            stream_of(row_topk)));
 }
 
 }  // namespace
@@ -127,6 +163,7 @@ TORCH_LIBRARY_IMPL(glm52, CUDA, m) {
   m.impl("topk_indices_out", &topk_indices_out_cuda);
   m.impl("sparse_mla_prefill_out", &sparse_mla_prefill_out_cuda);
   m.impl("sparse_mla_decode_out", &sparse_mla_decode_out_cuda);
+  m.impl("sparse_mla_decode_metadata_out", &sparse_mla_decode_metadata_out_cuda);
 }
 
 }  // namespace glm52::attention

@@ -78,6 +78,17 @@ struct SparseMlaArgs {
   float* lse;              // [rows, heads]
 };
 
+// The split-KV plan of a decode (attention_split.h) and where the partial results go. The rows of
+// SparseMlaArgs are batch * sq query rows, row = b * sq + s.
+struct SparseSplitArgs {
+  const int32_t* meta;        // [parts, 8] tile scheduler metadata
+  int64_t parts;
+  const int32_t* num_splits;  // [batch + 1]
+  int64_t batch, sq;
+  float* part_out;            // [split_max_slots(batch, parts), sq, heads, 512] workspace
+  float* part_lse;            // [split_max_slots(batch, parts), sq, heads] workspace
+};
+
 cudaError_t launch_mla_cache_write(const MlaCacheWriteArgs& args, cudaStream_t stream);
 cudaError_t launch_indexer_cache_write(const IndexerCacheWriteArgs& args, cudaStream_t stream);
 // QGMMA kernel for 32 or 64 heads when tensor_cores (indexer_qgmma_kernels.cu), else SIMT.
@@ -88,5 +99,13 @@ cudaError_t launch_topk_indices(const TopkArgs& args, cudaStream_t stream);
 // SIMT kernel (sparse_mla_kernels.cu) and tensor-core kernel (sparse_mla_hgmma_kernels.cu).
 cudaError_t launch_sparse_mla(const SparseMlaArgs& args, cudaStream_t stream);
 cudaError_t launch_sparse_mla_hgmma(const SparseMlaArgs& args, cudaStream_t stream);
+// Split-KV decode: the pieces (grid parts x sq x head groups; same kernels' bodies over key ranges),
+// then the LSE merge of the rows in several pieces (sparse_mla_combine_kernels.cu).
+cudaError_t launch_sparse_mla_split(const SparseMlaArgs& args, const SparseSplitArgs& split, cudaStream_t stream);
+cudaError_t launch_sparse_mla_hgmma_split(const SparseMlaArgs& args, const SparseSplitArgs& split, cudaStream_t stream);
+cudaError_t launch_sparse_mla_combine(const SparseMlaArgs& args, const SparseSplitArgs& split, cudaStream_t stream);
+// The plan itself (sparse_mla_metadata_kernels.cu): row_topk [rows] -> meta [parts, 8], num_splits [rows + 1].
+cudaError_t launch_sparse_mla_metadata(const int32_t* row_topk, int64_t rows, int64_t parts, int32_t* meta,
+                                       int32_t* num_splits, cudaStream_t stream);
 
 }  // namespace glm52::attention

@@ -18,6 +18,7 @@
 #include "attention/attention_cache.h"
 #include "attention/attention_softmax.h"
 #include "attention/cuda/attention_launch.h"
+#include "attention/cuda/sparse_mla_split.cuh"
 
 #include <cuda_bf16.h>
 #include <cuda_pipeline_primitives.h>
@@ -60,11 +61,13 @@ struct HgmmaSmem {
 };
 static_assert(sizeof(HgmmaSmem) <= 227 * 1024, "exceeds the sm_90 shared memory per block");
 
-// Issues the gather of tile `tile` into stage `stage`; invalid keys become zero rows.
-__device__ void gather_tile(const SparseMlaArgs& a, HgmmaSmem& sm, int64_t row, int64_t tile, int stage) {
+// Issues the gather of tile `tile` into stage `stage`; invalid keys and entries at or past key_end
+// become zero rows.
+__device__ void gather_tile(const SparseMlaArgs& a, HgmmaSmem& sm, int64_t row, int64_t tile, int64_t key_end,
+                            int stage) {
   Tensor sK = make_tensor(make_smem_ptr(sm.kv[stage]), SmemLayoutQK{});
   const int32_t* indices = a.indices + row * a.topk + tile * kKeys;
-  const int64_t keys_here = min(int64_t{kKeys}, a.topk - tile * kKeys);
+  const int64_t keys_here = min(int64_t{kKeys}, key_end - tile * kKeys);
   auto key_of = [&](int j) -> int64_t {
     const int64_t idx = j < keys_here ? indices[j] : -1;
     return idx >= 0 && idx < a.num_tokens ? idx : -1;
@@ -122,17 +125,21 @@ __device__ __forceinline__ float quad_sum(float v) {
   return v + __shfl_xor_sync(0xffffffffu, v, 2);
 }
 
-__global__ void __launch_bounds__(kThreads, 1) sparse_mla_hgmma_kernel(SparseMlaArgs a) {
-  extern __shared__ __align__(1024) uint8_t smem_raw[];
-  // The 128-byte swizzle and the GMMA descriptors use absolute shared addresses, so the tiles need
-  // a 1024-byte aligned base; __align__ on dynamic shared memory does not promise it (it holds while
-  // the kernel has no static shared memory). Fail loudly rather than compute garbage.
+// The 128-byte swizzle and the GMMA descriptors use absolute shared addresses, so the tiles need a
+// 1024-byte aligned base; __align__ on dynamic shared memory does not promise it (it holds while the
+// kernel has no static shared memory). Fail loudly rather than compute garbage.
+__device__ __forceinline__ HgmmaSmem& aligned_smem(uint8_t* smem_raw) {
   if (threadIdx.x == 0 && (__cvta_generic_to_shared(smem_raw) & 1023) != 0) __trap();
-  HgmmaSmem& sm = *reinterpret_cast<HgmmaSmem*>(smem_raw);
+  return *reinterpret_cast<HgmmaSmem*>(smem_raw);
+}
+
+// One query row, heads [h0, h0 + 64), over its selected indices [key_begin, key_end) (key_begin a
+// multiple of kKeys), written to `dest`.
+__device__ __forceinline__ void attend_range(const SparseMlaArgs& a, HgmmaSmem& sm, int64_t row, int64_t h0,
+                                             int64_t key_begin, int64_t key_end, const SparseDest& dest) {
   const int wg = threadIdx.x / 128, wg_tid = threadIdx.x % 128;
-  const int64_t row = blockIdx.x, h0 = int64_t{blockIdx.y} * kHeads;
   const int group = static_cast<int>(min(int64_t{kHeads}, a.heads - h0));
-  const int64_t tiles = ceil_div(a.topk, kKeys);
+  const int64_t first = key_begin / kKeys, tiles = ceil_div(key_end, kKeys) - first;
 
   Tensor sQ = make_tensor(make_smem_ptr(sm.q), SmemLayoutQK{});
   Tensor sP = make_tensor(make_smem_ptr(sm.p), SmemLayoutP{});
@@ -142,7 +149,7 @@ __global__ void __launch_bounds__(kThreads, 1) sparse_mla_hgmma_kernel(SparseMla
     if (h < group) v = *reinterpret_cast<const uint4*>(a.q + (row * a.heads + h0 + h) * kLatentDim + part * 8);
     *reinterpret_cast<uint4*>(&sQ(h, part * 8)) = v;
   }
-  if (tiles > 0) gather_tile(a, sm, row, 0, 0);
+  if (tiles > 0) gather_tile(a, sm, row, first, key_end, 0);
 
   MmaS mma_s;
   MmaO mma_o;
@@ -179,7 +186,7 @@ __global__ void __launch_bounds__(kThreads, 1) sparse_mla_hgmma_kernel(SparseMla
       mma_s.accumulate_ = GMMA::ScaleOut::One;
     }
     warpgroup_commit_batch();
-    if (tile + 1 < tiles) gather_tile(a, sm, row, tile + 1, stage ^ 1);  // overlaps the score GEMM
+    if (tile + 1 < tiles) gather_tile(a, sm, row, first + tile + 1, key_end, stage ^ 1);  // overlaps the score GEMM
     warpgroup_wait<0>();
     warpgroup_fence_operand(tSrS);
 
@@ -239,16 +246,43 @@ __global__ void __launch_bounds__(kThreads, 1) sparse_mla_hgmma_kernel(SparseMla
   for (int s = 0; s < 2; ++s) {
     state[s].l = sm.row_sum[0][rows[s]] + sm.row_sum[1][rows[s]];
     inv[s] = softmax_out_scale(state[s]);
-    if (wg == 0 && wg_tid % 4 == 0 && rows[s] < group) a.lse[row * a.heads + h0 + rows[s]] = softmax_lse(state[s]);
+    if (wg == 0 && wg_tid % 4 == 0 && rows[s] < group) {
+      if (dest.part_out == nullptr) a.lse[row * a.heads + h0 + rows[s]] = softmax_lse(state[s]);
+      else dest.part_lse[dest.part_row * a.heads + h0 + rows[s]] = softmax_lse(state[s]);
+    }
   }
-  __nv_bfloat16* out = reinterpret_cast<__nv_bfloat16*>(a.out);
+  if (dest.part_out == nullptr) {
+    __nv_bfloat16* out = reinterpret_cast<__nv_bfloat16*>(a.out);
 #pragma unroll
-  for (int i = 0; i < size(tOrO); ++i) {
-    const int r = get<0>(tOcO(i));
-    if (r < group)
-      out[(row * a.heads + h0 + r) * kValueDim + wg * kDvPerWg + get<1>(tOcO(i))] =
-          __float2bfloat16_rn(tOrO(i) * inv[row_slot(r)]);
+    for (int i = 0; i < size(tOrO); ++i) {
+      const int r = get<0>(tOcO(i));
+      if (r < group)
+        out[(row * a.heads + h0 + r) * kValueDim + wg * kDvPerWg + get<1>(tOcO(i))] =
+            __float2bfloat16_rn(tOrO(i) * inv[row_slot(r)]);
+    }
+  } else {
+#pragma unroll
+    for (int i = 0; i < size(tOrO); ++i) {
+      const int r = get<0>(tOcO(i));
+      if (r < group)
+        dest.part_out[(dest.part_row * a.heads + h0 + r) * kValueDim + wg * kDvPerWg + get<1>(tOcO(i))] =
+            tOrO(i) * inv[row_slot(r)];
+    }
   }
+}
+
+__global__ void __launch_bounds__(kThreads, 1) sparse_mla_hgmma_kernel(SparseMlaArgs a) {
+  extern __shared__ __align__(1024) uint8_t smem_raw[];
+  attend_range(a, aligned_smem(smem_raw), blockIdx.x, int64_t{blockIdx.y} * kHeads, 0, a.topk,
+               SparseDest{nullptr, nullptr, 0});
+}
+
+__global__ void __launch_bounds__(kThreads, 1) sparse_mla_hgmma_split_kernel(SparseMlaArgs a, SparseSplitArgs s) {
+  extern __shared__ __align__(1024) uint8_t smem_raw[];
+  HgmmaSmem& sm = aligned_smem(smem_raw);
+  for_each_piece(a, s, kHeads, [&](int64_t row, int64_t h0, int64_t key_begin, int64_t key_end, const SparseDest& dest) {
+    attend_range(a, sm, row, h0, key_begin, key_end, dest);
+  });
 }
 
 }  // namespace
@@ -261,6 +295,17 @@ cudaError_t launch_sparse_mla_hgmma(const SparseMlaArgs& a, cudaStream_t stream)
   const dim3 grid(static_cast<unsigned>(a.rows), static_cast<unsigned>(ceil_div(a.heads, kHeads)));
   sparse_mla_hgmma_kernel<<<grid, kThreads, smem, stream>>>(a);
   return cudaGetLastError();
+}
+
+cudaError_t launch_sparse_mla_hgmma_split(const SparseMlaArgs& a, const SparseSplitArgs& split, cudaStream_t stream) {
+  if (a.rows == 0) return cudaSuccess;
+  constexpr int smem = static_cast<int>(sizeof(HgmmaSmem));
+  cudaError_t err =
+      cudaFuncSetAttribute(sparse_mla_hgmma_split_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
+  if (err != cudaSuccess) return err;
+  sparse_mla_hgmma_split_kernel<<<split_grid(a, split, kHeads), kThreads, smem, stream>>>(a, split);
+  err = cudaGetLastError();
+  return err != cudaSuccess ? err : launch_sparse_mla_combine(a, split, stream);
 }
 
 }  // namespace glm52::attention

@@ -15,6 +15,7 @@
 #include "attention/attention_cache.h"
 #include "attention/attention_softmax.h"
 #include "attention/cuda/attention_launch.h"
+#include "attention/cuda/sparse_mla_split.cuh"
 
 #include <cuda_bf16.h>
 #include <cuda_pipeline_primitives.h>
@@ -39,14 +40,16 @@ struct SparseSmem {
   float alpha[kHeadGroup];             // accumulator rescale of this tile
 };
 
-// Issues the cp.async gather of tile `tile` into stage `stage` (zero-fill for invalid indices).
-__device__ void gather_tile(const SparseMlaArgs& a, SparseSmem& sm, int64_t row, int64_t tile, int stage) {
+// Issues the cp.async gather of tile `tile` into stage `stage` (zero-fill for invalid indices and
+// entries at or past key_end).
+__device__ void gather_tile(const SparseMlaArgs& a, SparseSmem& sm, int64_t row, int64_t tile, int64_t key_end,
+                            int stage) {
   const int token_bytes = mla_token_bytes(a.fp8);
   const int chunks = token_bytes / 16;
   for (int c = threadIdx.x; c < kTile * chunks; c += kThreads) {
     const int j = c / chunks, part = c % chunks;
     const int64_t slot = tile * kTile + j;
-    const int64_t idx = slot < a.topk ? a.indices[row * a.topk + slot] : -1;
+    const int64_t idx = slot < key_end ? a.indices[row * a.topk + slot] : -1;
     const bool ok = idx >= 0 && idx < a.num_tokens;
     const uint8_t* src = a.tokens + (ok ? idx : 0) * token_bytes + part * 16;
     __pipeline_memcpy_async(&sm.rows[stage][j][part * 16], src, 16, ok ? 0 : 16);
@@ -55,20 +58,19 @@ __device__ void gather_tile(const SparseMlaArgs& a, SparseSmem& sm, int64_t row,
   __pipeline_commit();
 }
 
-__global__ void __launch_bounds__(kThreads) sparse_mla_simt_kernel(SparseMlaArgs a) {
-  extern __shared__ __align__(16) uint8_t smem_raw[];
-  SparseSmem& sm = *reinterpret_cast<SparseSmem*>(smem_raw);
+// One query row, heads [h0, h0 + 16), over its selected indices [key_begin, key_end) (key_begin a
+// multiple of kTile), written to `dest`.
+__device__ __forceinline__ void attend_range(const SparseMlaArgs& a, SparseSmem& sm, int64_t row, int64_t h0,
+                                             int64_t key_begin, int64_t key_end, const SparseDest& dest) {
   const int warp = threadIdx.x / 32, lane = threadIdx.x & 31;
-  const int64_t row = blockIdx.x;
-  const int64_t h0 = int64_t{blockIdx.y} * kHeadGroup;
   const int group = static_cast<int>(min(int64_t{kHeadGroup}, a.heads - h0));
-  const int64_t tiles = ceil_div(a.topk, kTile);
+  const int64_t first = key_begin / kTile, tiles = ceil_div(key_end, kTile) - first;
 
   for (int i = threadIdx.x; i < kHeadGroup * kLatentDim; i += kThreads) {
     const int h = i / kLatentDim;
     sm.q[h][i % kLatentDim] = h < group ? a.q[((row * a.heads) + h0 + h) * kLatentDim + i % kLatentDim] : 0;
   }
-  if (tiles > 0) gather_tile(a, sm, row, 0, 0);
+  if (tiles > 0) gather_tile(a, sm, row, first, key_end, 0);
 
   SoftmaxState state[2] = {softmax_init(), softmax_init()};  // heads 2*warp, 2*warp + 1
   float acc[kHeadGroup][2] = {};
@@ -77,7 +79,7 @@ __global__ void __launch_bounds__(kThreads) sparse_mla_simt_kernel(SparseMlaArgs
   for (int64_t tile = 0; tile < tiles; ++tile) {
     const int stage = static_cast<int>(tile % kStages);
     if (tile + 1 < tiles) {
-      gather_tile(a, sm, row, tile + 1, (stage + 1) % kStages);
+      gather_tile(a, sm, row, first + tile + 1, key_end, (stage + 1) % kStages);
       __pipeline_wait_prior(1);
     } else {
       __pipeline_wait_prior(0);
@@ -143,7 +145,9 @@ __global__ void __launch_bounds__(kThreads) sparse_mla_simt_kernel(SparseMlaArgs
     const int h = 2 * warp + s;
     if (h < group && lane == 0) {
       sm.alpha[h] = softmax_out_scale(state[s]);
-      a.lse[row * a.heads + h0 + h] = softmax_lse(state[s]);
+      const float lse = softmax_lse(state[s]);
+      if (dest.part_out == nullptr) a.lse[row * a.heads + h0 + h] = lse;
+      else dest.part_lse[dest.part_row * a.heads + h0 + h] = lse;
     }
   }
   __syncthreads();
@@ -151,9 +155,27 @@ __global__ void __launch_bounds__(kThreads) sparse_mla_simt_kernel(SparseMlaArgs
 #pragma unroll  // constant indices keep acc in registers
   for (int h = 0; h < kHeadGroup; ++h) {
     if (h >= group) break;
-    const __nv_bfloat162 o = __floats2bfloat162_rn(acc[h][0] * sm.alpha[h], acc[h][1] * sm.alpha[h]);
-    *reinterpret_cast<__nv_bfloat162*>(a.out + ((row * a.heads) + h0 + h) * kValueDim + c) = o;
+    const float o0 = acc[h][0] * sm.alpha[h], o1 = acc[h][1] * sm.alpha[h];
+    if (dest.part_out == nullptr) {
+      *reinterpret_cast<__nv_bfloat162*>(a.out + ((row * a.heads) + h0 + h) * kValueDim + c) = __floats2bfloat162_rn(o0, o1);
+    } else {
+      *reinterpret_cast<float2*>(dest.part_out + ((dest.part_row * a.heads) + h0 + h) * kValueDim + c) = make_float2(o0, o1);
+    }
   }
+}
+
+__global__ void __launch_bounds__(kThreads) sparse_mla_simt_kernel(SparseMlaArgs a) {
+  extern __shared__ __align__(16) uint8_t smem_raw[];
+  SparseSmem& sm = *reinterpret_cast<SparseSmem*>(smem_raw);
+  attend_range(a, sm, blockIdx.x, int64_t{blockIdx.y} * kHeadGroup, 0, a.topk, SparseDest{nullptr, nullptr, 0});
+}
+
+__global__ void __launch_bounds__(kThreads) sparse_mla_simt_split_kernel(SparseMlaArgs a, SparseSplitArgs s) {
+  extern __shared__ __align__(16) uint8_t smem_raw[];
+  SparseSmem& sm = *reinterpret_cast<SparseSmem*>(smem_raw);
+  for_each_piece(a, s, kHeadGroup, [&](int64_t row, int64_t h0, int64_t key_begin, int64_t key_end, const SparseDest& dest) {
+    attend_range(a, sm, row, h0, key_begin, key_end, dest);
+  });
 }
 
 }  // namespace
@@ -167,6 +189,17 @@ cudaError_t launch_sparse_mla(const SparseMlaArgs& a, cudaStream_t stream) {
   const dim3 grid(static_cast<unsigned>(a.rows), static_cast<unsigned>(ceil_div(a.heads, kHeadGroup)));
   sparse_mla_simt_kernel<<<grid, kThreads, smem, stream>>>(a);
   return cudaGetLastError();
+}
+
+cudaError_t launch_sparse_mla_split(const SparseMlaArgs& a, const SparseSplitArgs& split, cudaStream_t stream) {
+  if (a.rows == 0) return cudaSuccess;
+  constexpr size_t smem = sizeof(SparseSmem);
+  cudaError_t err = cudaFuncSetAttribute(sparse_mla_simt_split_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                         static_cast<int>(smem));
+  if (err != cudaSuccess) return err;
+  sparse_mla_simt_split_kernel<<<split_grid(a, split, kHeadGroup), kThreads, smem, stream>>>(a, split);
+  err = cudaGetLastError();
+  return err != cudaSuccess ? err : launch_sparse_mla_combine(a, split, stream);
 }
 
 }  // namespace glm52::attention
