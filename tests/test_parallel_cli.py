@@ -55,10 +55,13 @@ def test_torchrun_generate_equals_one_process(checkpoint, capsys, nproc, layout,
     assert got.keys() == want.keys() and got["prompt_ids"] == want["prompt_ids"]
 
 
-def test_torchrun_wrong_world_size_fails_on_every_rank(checkpoint):
+def test_torchrun_wrong_world_size_fails_without_a_hang(checkpoint):
+    """Each rank refuses the layout before any collective (tests/test_parallel.py checks that per
+    rank); under torchrun the job ends with the error instead of hanging. How many ranks print it
+    depends on a race: torchrun stops the other workers once the first one fails."""
     run = torchrun(2, *generate_args(checkpoint, 0), "--tp", "4", timeout=120)
     assert run.returncode != 0
-    assert run.stderr.count("tp (4) x dp (1) = 4 must equal the world size (2") == 2, run.stderr[-3000:]
+    assert run.stderr.count("tp (4) x dp (1) = 4 must equal the world size (2") >= 1, run.stderr[-3000:]
     assert run.stdout == ""
 
 
