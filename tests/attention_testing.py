@@ -39,3 +39,16 @@ def scattered_block_tables(lengths: list[int], num_blocks: int, g: torch.Generat
         pos = torch.arange(n)
         slots.append(table[b, pos // BLOCK].long() * BLOCK + pos % BLOCK)
     return table, slots
+
+
+def paged_indexer_case(seq_lens: list[int], n: int, num_blocks: int, g: torch.Generator):
+    """A paged indexer cache holding random keys of sequences ``seq_lens`` on scattered pages, and
+    ``n`` query tokens per sequence with their own causal lengths: (table, cache, lengths [B, n] int32)."""
+    from glm52_ext import ops
+
+    table, slots = scattered_block_tables(seq_lens, num_blocks, g)
+    cache = random_cache_bytes((num_blocks, 8448), g)
+    for sl in slots:
+        ops.indexer_cache_write(torch.randn(sl.numel(), 128, generator=g), sl, cache)
+    lengths = torch.tensor([[max(c - n + j + 1, 0) for j in range(n)] for c in seq_lens], dtype=torch.int32)
+    return table, cache, lengths

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from attention_testing import gen, random_cache_bytes, scattered_block_tables
+from attention_testing import gen, paged_indexer_case
 from conftest import DEVICES, poisoned
 
 from glm52_ext import ops, reference
@@ -61,12 +61,8 @@ def test_indexer_logits_paged_matches_reference(device, heads):
     unmapped (−1) table entry, and a max_len beyond what the table maps."""
     g = gen(heads)
     seq_lens, n, num_blocks = [1, 64, 130, 257], 3, 16
-    table, slots = scattered_block_tables(seq_lens, num_blocks, g)
-    cache = random_cache_bytes((num_blocks, 8448), g)
-    for sl in slots:
-        ops.indexer_cache_write(torch.randn(sl.numel(), 128, generator=g), sl, cache)
+    table, cache, lengths = paged_indexer_case(seq_lens, n, num_blocks, g)
     b = len(seq_lens)
-    lengths = torch.tensor([[max(c - n + j + 1, 0) for j in range(n)] for c in seq_lens], dtype=torch.int32)
     lengths[2, 0] = 0
     table[3, 1] = -1  # an unmapped block: its positions read as -inf
     q8, w = random_query(b * n, heads, g)
@@ -168,11 +164,7 @@ def test_both_cuda_kernels_match_reference(monkeypatch, kernel, heads):
     want = reference.indexer_logits(q8, w, k8, k_scale, ks, ke)
     assert_logits_close(ops.indexer_logits(*(t.cuda() for t in (q8, w, k8, k_scale, ks, ke))), want)
     seq_lens, n, num_blocks = [3, 700, 1500], 3, 40
-    table, slots = scattered_block_tables(seq_lens, num_blocks, g)
-    cache = random_cache_bytes((num_blocks, 8448), g)
-    for sl in slots:
-        ops.indexer_cache_write(torch.randn(sl.numel(), 128, generator=g), sl, cache)
-    lengths = torch.tensor([[c - n + j + 1 for j in range(n)] for c in seq_lens], dtype=torch.int32)
+    table, cache, lengths = paged_indexer_case(seq_lens, n, num_blocks, g)  # every length >= 1
     qp, wp = random_query(len(seq_lens) * n, heads, g)
     qp, wp = qp.view(len(seq_lens), n, heads, 128), wp.view(len(seq_lens), n, heads)
     want = reference.indexer_logits_paged(qp, wp, cache, table, lengths, 1600)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from attention_testing import gen, random_cache_bytes, scattered_block_tables
+from attention_testing import gen, paged_indexer_case
 from conftest import DEVICES, poisoned
 
 from glm52_ext import ops, reference
@@ -123,12 +123,8 @@ def test_indexer_topk_paged_equals_logits_then_topk(device, heads, k):
     unmapped block, a zero length, lengths past the table."""
     g = gen(heads + k)
     seq_lens, n, num_blocks = [1, 64, 700, 1300], 3, 40
-    table, slots = scattered_block_tables(seq_lens, num_blocks, g)
-    cache = random_cache_bytes((num_blocks, 8448), g)
-    for sl in slots:
-        ops.indexer_cache_write(torch.randn(sl.numel(), 128, generator=g), sl, cache)
+    table, cache, lengths = paged_indexer_case(seq_lens, n, num_blocks, g)
     b = len(seq_lens)
-    lengths = torch.tensor([[max(c - n + j + 1, 0) for j in range(n)] for c in seq_lens], dtype=torch.int32)
     lengths[1, 0] = 0
     lengths[0, 2] = 10**6  # beyond the table: only mapped positions count
     table[3, 2] = -1
@@ -284,12 +280,8 @@ def test_indexer_topk_paged_qgmma_equals_logits_then_topk(heads, k):
     unmapped block, a zero length, lengths past the table."""
     g = gen(heads * 3 + k)
     seq_lens, n, num_blocks = [1, 64, 700, 2500], 3, 60
-    table, slots = scattered_block_tables(seq_lens, num_blocks, g)
-    cache = random_cache_bytes((num_blocks, 8448), g)
-    for sl in slots:
-        ops.indexer_cache_write(torch.randn(sl.numel(), 128, generator=g), sl, cache)
+    table, cache, lengths = paged_indexer_case(seq_lens, n, num_blocks, g)
     b = len(seq_lens)
-    lengths = torch.tensor([[max(c - n + j + 1, 0) for j in range(n)] for c in seq_lens], dtype=torch.int32)
     lengths[1, 0] = 0
     lengths[0, 2] = 10**6
     table[3, 2] = -1
