@@ -319,9 +319,8 @@ class ParallelMoE(MoE):
         # dispatch: each TP rank sends a slice of the group's tokens; the group gathers them back.
         t, tp = flat.shape[0], pc.tp
         chunk = -(-t // tp)
-        if self.dispatch == "capacity" and chunk > self.capacity:  # same verdict on every TP rank
-            raise ValueError(f"capacity dispatch: {chunk} tokens per rank exceed the capacity ({self.capacity} "
-                             f"tokens per rank) given to set_dispatch")
+        if self.dispatch == "capacity":
+            _check_capacity(self, chunk)  # the TP-shared chunk: the same verdict on every TP rank
         rows = slice(min(self.handle.tp_rank * chunk, t), min((self.handle.tp_rank + 1) * chunk, t))
         routed = dispatch_combine(self, flat[rows], weights[rows], ids[rows])
         if tp > 1:
@@ -428,10 +427,14 @@ def _check_modes(head: list[list[int]], mode: str) -> None:
                            f"mode on every rank (set_dispatch)")
 
 
-def _capacity_rows(moe: ParallelMoE, t: int, k: int, per: int) -> int:
-    if t > moe.capacity:  # ParallelMoE.forward checks the TP-shared chunk first; direct callers land here
-        raise ValueError(f"capacity dispatch: {t} tokens on this rank exceed the capacity ({moe.capacity} tokens "
+def _check_capacity(moe: ParallelMoE, tokens: int) -> None:
+    if tokens > moe.capacity:
+        raise ValueError(f"capacity dispatch: {tokens} tokens per rank exceed the capacity ({moe.capacity} tokens "
                          f"per rank) given to set_dispatch")
+
+
+def _capacity_rows(moe: ParallelMoE, t: int, k: int, per: int) -> int:
+    _check_capacity(moe, t)  # direct dispatch_combine callers; ParallelMoE.forward checked its chunk already
     return moe.capacity * min(k, per)  # a token sends at most min(k, experts per rank) rows to one peer
 
 
