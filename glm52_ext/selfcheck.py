@@ -129,9 +129,16 @@ def _check_cache_writes(device: str) -> bool:
         ops.mla_cache_write(kv.to(device), slots.to(device), got)
         ok &= torch.equal(got.cpu(), reference.mla_cache_write(kv, slots, cache))
     icache = torch.zeros(3, 8448, dtype=torch.uint8)
-    got = icache.to(device)
-    ops.indexer_cache_write(k.to(device), slots.to(device), got)
-    return ok and torch.equal(got.cpu(), reference.indexer_cache_write(k, slots, icache))
+    for hadamard in (False, True):
+        got = icache.clone().to(device)
+        ops.indexer_cache_write(k.to(device), slots.to(device), got, hadamard=hadamard)
+        ok &= torch.equal(got.cpu(), reference.indexer_cache_write(k, slots, icache, hadamard=hadamard))
+    return ok
+
+
+def _check_hadamard(device: str) -> bool:
+    x = torch.randn(1000, 128).bfloat16()
+    return torch.equal(ops.hadamard_rotate(x.to(device)).cpu(), reference.hadamard_rotate(x))
 
 
 def _check_indexer_logits(device: str) -> bool:
@@ -197,6 +204,7 @@ CHECKS: dict[str, Callable[[str], bool]] = {
     "moe_unpermute": _check_unpermute,
     "silu_and_mul_quant_fp8": _check_silu_quant,
     "mla_cache_write+indexer_cache_write": _check_cache_writes,
+    "hadamard_rotate": _check_hadamard,
     "indexer_logits": _check_indexer_logits,
     "indexer_logits_paged": _check_indexer_logits_paged,
     "topk_indices": _check_topk,

@@ -8,6 +8,7 @@ from attention_testing import gen, random_cache_bytes, random_latent
 from conftest import DEVICES
 
 from glm52_ext import ops, reference
+from glm52_ext.reference.attention import rope_rotate
 
 
 def scattered_slots(t: int, capacity: int, g: torch.Generator) -> torch.Tensor:
@@ -138,6 +139,36 @@ def test_indexer_cache_write_with_rope_rotates_the_leading_pairs(device, dtype, 
     turned = apply_rope(k[:, :r].unsqueeze(0), torch.view_as_complex(rope).unsqueeze(0), None)[0]
     unfused = reference.indexer_cache_write(torch.cat((turned, k[:, r:]), dim=1), slots, cache, True)
     assert torch.equal(got.cpu(), unfused)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("ue8m0", [False, True])
+@pytest.mark.parametrize("with_rope", [False, True])
+def test_indexer_cache_write_with_hadamard_rotates_after_rope(device, dtype, ue8m0, with_rope):
+    """The fused write stores what rope, then hadamard_rotate, then quantization store (the FP8
+    indexer recipe, DESIGN §2.1), bit for bit, on keys with a few large outlier channels."""
+    g = gen(7 + 2 * ue8m0 + with_rope)
+    cache = random_cache_bytes((3, 8448), g)
+    k = torch.randn(150, 128, generator=g)
+    k[:, [3, 64, 100]] *= 40
+    k = k.to(dtype)
+    slots = scattered_slots(150, 3 * 64, g)
+    rope = random_rope(150, 32, g) if with_rope else None
+    want = reference.indexer_cache_write(k, slots, cache, ue8m0, rope, hadamard=True)
+    got = cache.clone().to(device)
+    ops.indexer_cache_write(k.to(device), slots.to(device), got, ue8m0, rope=None if rope is None else rope.to(device),
+                            hadamard=True)
+    assert torch.equal(got.cpu(), want)
+    turned = k if rope is None else torch.cat((rope_rotate(k[:, :64], rope), k[:, 64:]), dim=1)
+    keep = (slots >= 0) & (slots < 3 * 64)
+    codes, scale = reference.indexer_cache_read(got.cpu())
+    q, s = reference.quant_fp8_per_token_group(ops.hadamard_rotate(turned[keep].contiguous()), 128, ue8m0)
+    assert torch.equal(codes[slots[keep]].view(torch.uint8), q.view(torch.uint8))
+    assert torch.equal(scale[slots[keep]], s.flatten())
+    plain = cache.clone().to(device)
+    ops.indexer_cache_write(k.to(device), slots.to(device), plain, ue8m0, rope=None if rope is None else rope.to(device))
+    assert not torch.equal(plain, got)  # the flag is honoured
 
 
 @pytest.mark.parametrize("device", DEVICES)

@@ -44,6 +44,7 @@ EXPECTED_KERNELS = {
     "indexer_logits_qgmma_kernel": ("QGMMA",),
     "mla_cache_write_kernel": (),
     "indexer_cache_write_kernel": (),
+    "hadamard_rotate_kernel": (),
     "indexer_logits_simt_kernel": (),
     "topk_radix_select_kernel": (),
     "indexer_topk_kernel": (),  # fused streaming top-k, SIMT scores (other head counts, large k, =simt)

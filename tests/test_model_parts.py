@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 import transformers
 from model_testing import max_rel_err
@@ -13,7 +14,7 @@ from glm52.checkpoint import init_random_, quantize_fp8_block
 from glm52.kernels import moe_route
 from glm52.kv_cache import CacheView, indexer_scores_fp8
 from glm52.layers import rope_cos_sin, rope_turn
-from glm52_ext.reference import dequant_fp8_block, quant_fp8_per_token_group
+from glm52_ext.reference import dequant_fp8_block, hadamard_rotate, quant_fp8_per_token_group
 
 
 def test_moe_route_matches_transformers_router():
@@ -55,14 +56,18 @@ def _indexer_inputs(seed: int):
     return config, indexer, n, cq, cos, sin
 
 
-def test_fp8_indexer_is_the_exact_formula_on_quantized_q_and_k():
+@pytest.mark.parametrize("hadamard", [False, True])
+def test_fp8_indexer_is_the_exact_formula_on_quantized_q_and_k(hadamard):
+    """The FP8 scores are the exact formula on the dequantized (rotated, when ``hadamard``) q and k;
+    the rotation being orthogonal, they stay close to the exact scores of the unrotated ones."""
     config, indexer, *_ = _indexer_inputs(0)
     g = torch.Generator().manual_seed(1)
     b, t, h, d = 2, 30, config.index_n_heads, config.index_head_dim
     q, k, w = torch.randn(b, t, h, d, generator=g), torch.randn(b, t, d, generator=g), torch.randn(b, t, h, generator=g)
-    q8, sq = quant_fp8_per_token_group(q.reshape(-1, d), d, scale_ue8m0=True)
-    k8, sk = quant_fp8_per_token_group(k.reshape(-1, d), d)
-    fp8 = indexer_scores_fp8(q, w, k8.view(b, t, d), sk.view(b, t))
+    rotate = hadamard_rotate if hadamard else torch.Tensor.float
+    q8, sq = quant_fp8_per_token_group(rotate(q).reshape(-1, d), d, scale_ue8m0=True)
+    k8, sk = quant_fp8_per_token_group(rotate(k).reshape(-1, d), d)
+    fp8 = indexer_scores_fp8(q, w, k8.view(b, t, d), sk.view(b, t), hadamard)
     assert torch.equal(sq, torch.exp2(torch.log2(sq).round()))  # power-of-two q scales
     qd = (q8.float() * sq).view(b, t, h, d)
     kd = (k8.float() * sk).view(b, t, d)
@@ -81,10 +86,12 @@ def _select(indexer, n, cq, cos, sin):
     return indexer(n, cq, cos, sin, view, 0)
 
 
-def test_fp8_indexer_selects_nearly_the_same_tokens():
+@pytest.mark.parametrize("hadamard", [True, False])
+def test_fp8_indexer_selects_nearly_the_same_tokens(hadamard):
+    """With and without the Hadamard rotation (a rotation of only one side would select at random)."""
     config, indexer, n, cq, cos, sin = _indexer_inputs(2)
     exact = _select(indexer, n, cq, cos, sin)
-    indexer.config = config.replace(indexer_precision="fp8")
+    indexer.config = config.replace(indexer_precision="fp8", indexer_hadamard=hadamard)
     fp8 = _select(indexer, n, cq, cos, sin)
     k = config.index_topk
     assert exact.shape == fp8.shape == (2, 30, k)

@@ -177,6 +177,9 @@ def attention_samples(d):
         (glm.mla_cache_write.default, (kv.to(d), slots.to(d)), {"cache": torch.zeros(2, 64, 1152, dtype=torch.uint8, device=d)}),
         (glm.mla_cache_write.default, (kv.to(d), slots.to(d)), {"cache": torch.zeros(2, 64, 656, dtype=torch.uint8, device=d)}),
         (glm.indexer_cache_write.default, (k.to(d), slots.to(d)), {"cache": icache.clone().to(d)}),
+        (glm.indexer_cache_write.default, (k.to(d), slots.to(d)), {"cache": icache.clone().to(d), "hadamard": True}),
+        (glm.hadamard_rotate.default, (k.bfloat16().view(7, 10, 128).to(d),), {}),
+        (glm.hadamard_rotate_out.default, (k.to(d),), {"out": torch.empty(70, 128, device=d)}),
         (glm.indexer_logits.default, tuple(t.to(d) for t in (q8, w, k8, ksc, ks, ke)), {}),
         (glm.indexer_logits_out.default, tuple(t.to(d) for t in (q8, w, k8, ksc, ks, ke)),
          {"out": torch.empty(5, 90, device=d)}),
@@ -240,10 +243,12 @@ def test_inputs_are_not_mutated(device):
         after = [as_bytes(a) for a in args if isinstance(a, torch.Tensor)]
         assert all(torch.equal(b, a) for b, a in zip(before, after)), f"{op} wrote to an input"
         written = [arg for arg in op._schema.arguments if arg.alias_info and arg.alias_info.is_write]
-        # Every written argument the sample passes is a keyword; optional ones (a workspace) may be left out.
+        # Every written argument the sample passes is a tensor keyword; optional ones (a workspace) may
+        # be left out. Non-tensor keywords are flags (indexer_cache_write's hadamard).
         required = {arg.name for arg in written if not isinstance(arg.type, torch.OptionalType)}
-        assert required <= set(kwargs) <= {arg.name for arg in written}, (
-            f"{op}: schema marks {[a.name for a in written]} as written, sample passes {set(kwargs)}")
+        passed = {name for name, value in kwargs.items() if isinstance(value, torch.Tensor)}
+        assert required <= passed <= {arg.name for arg in written}, (
+            f"{op}: schema marks {[a.name for a in written]} as written, sample passes {passed}")
 
 
 def test_every_registered_op_has_a_sample():

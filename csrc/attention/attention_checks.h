@@ -2,6 +2,7 @@
 #pragma once
 
 #include "attention/attention_cache.h"
+#include "attention/attention_hadamard.h"
 #include "attention/attention_split.h"
 #include "common/checks.h"
 
@@ -14,6 +15,7 @@ namespace glm52::attention {
 
 inline constexpr const char* kMlaCacheWriteOp = "mla_cache_write";
 inline constexpr const char* kIndexerCacheWriteOp = "indexer_cache_write";
+inline constexpr const char* kHadamardRotateOp = "hadamard_rotate";
 inline constexpr const char* kIndexerLogitsOp = "indexer_logits";
 inline constexpr const char* kIndexerLogitsPagedOp = "indexer_logits_paged";
 inline constexpr const char* kTopkOp = "topk_indices";
@@ -119,6 +121,20 @@ inline int64_t check_indexer_cache_write(const at::Tensor& k, const at::Tensor& 
   check_indexer_cache(cache, op);
   check_same_device(cache, k, op, "cache", "k");
   return check_rope(rope, k.size(0), 0, kIndexDim / 2, op, k, "k");
+}
+
+// x [..., n] bf16/fp16/fp32 contiguous, n 32, 64 or 128; returns the row count.
+inline int64_t check_hadamard_rotate(const at::Tensor& x) {
+  const char* op = kHadamardRotateOp;
+  GLM52_CHECK_ARG(x.dim() >= 1 && hadamard_dim_supported(x.size(-1)), op, "x",
+                  "must have shape [..., n] with n 32, 64 or 128, got ", shape_str(x.sizes()));
+  check_dtype(x, op, "x", {at::kBFloat16, at::kHalf, at::kFloat});
+  check_contiguous(x, op, "x");
+  return x.numel() / x.size(-1);
+}
+
+inline void check_hadamard_rotate_out(const at::Tensor& x, const at::Tensor& out) {
+  check_tensor(out, kHadamardRotateOp, "out", at::kFloat, x.sizes(), "(x's shape, float32)", x, "x");
 }
 
 // q8 [..., H, 128] e4m3 and weights [..., H] fp32 for `lead` leading dims; returns H.

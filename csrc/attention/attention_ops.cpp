@@ -10,6 +10,16 @@
 namespace glm52::attention {
 namespace {
 
+at::Tensor hadamard_rotate(const at::Tensor& x) {
+  check_hadamard_rotate(x);
+  auto out = at::empty(x.sizes(), x.options().dtype(at::kFloat));
+  static auto op = c10::Dispatcher::singleton()
+                       .findSchemaOrThrow("glm52::hadamard_rotate_out", "")
+                       .typed<void(const at::Tensor&, at::Tensor&)>();
+  op.call(x, out);
+  return out;
+}
+
 at::Tensor indexer_logits(const at::Tensor& q8, const at::Tensor& weights, const at::Tensor& k8,
                           const at::Tensor& k_scale, const at::Tensor& ks, const at::Tensor& ke) {
   check_indexer_logits(q8, weights, k8, k_scale, ks, ke);
@@ -101,7 +111,9 @@ std::tuple<at::Tensor, at::Tensor> sparse_mla_decode_metadata(const at::Tensor& 
 TORCH_LIBRARY_FRAGMENT(glm52, m) {
   m.def("mla_cache_write(Tensor kv, Tensor slots, Tensor(a!) cache, *, Tensor? rope=None) -> ()");
   m.def("indexer_cache_write(Tensor k, Tensor slots, Tensor(a!) cache, bool scale_ue8m0=False, *, "
-        "Tensor? rope=None) -> ()");
+        "Tensor? rope=None, bool hadamard=False) -> ()");
+  m.def("hadamard_rotate(Tensor x) -> Tensor");
+  m.def("hadamard_rotate_out(Tensor x, *, Tensor(a!) out) -> ()");
   m.def("indexer_logits(Tensor q8, Tensor weights, Tensor k8, Tensor k_scale, Tensor ks, Tensor ke) -> Tensor");
   m.def("indexer_logits_out(Tensor q8, Tensor weights, Tensor k8, Tensor k_scale, Tensor ks, Tensor ke, *, "
         "Tensor(a!) out) -> ()");
@@ -131,6 +143,7 @@ TORCH_LIBRARY_FRAGMENT(glm52, m) {
 }
 
 TORCH_LIBRARY_IMPL(glm52, CompositeExplicitAutograd, m) {
+  m.impl("hadamard_rotate", &hadamard_rotate);
   m.impl("indexer_logits", &indexer_logits);
   m.impl("indexer_logits_paged", &indexer_logits_paged);
   m.impl("topk_indices", &topk_indices);

@@ -26,6 +26,7 @@ from .moe import (
     silu_and_mul_quant_fp8,
 )
 from .attention import (
+    hadamard_rotate,
     indexer_cache_write,
     indexer_logits,
     indexer_logits_paged,
@@ -63,6 +64,7 @@ __all__ = [
     "fp8_swiglu_mlp",
     "grouped_gemm_config",
     "grouped_gemm_m_alignment",
+    "hadamard_rotate",
     "indexer_cache_write",
     "indexer_logits",
     "indexer_logits_paged",

@@ -48,6 +48,7 @@ import torch
 from ._outputs import functional_or_out
 
 __all__ = [
+    "hadamard_rotate",
     "indexer_cache_write",
     "indexer_logits",
     "indexer_logits_paged",
@@ -93,10 +94,10 @@ def mla_cache_write(kv: torch.Tensor, slots: torch.Tensor, cache: torch.Tensor, 
 
 def indexer_cache_write(
     k: torch.Tensor, slots: torch.Tensor, cache: torch.Tensor, scale_ue8m0: bool = False, *,
-    rope: torch.Tensor | None = None,
+    rope: torch.Tensor | None = None, hadamard: bool = False,
 ) -> None:
     """Quantize indexer keys (one fp32 scale per token) and write them into the paged indexer cache,
-    optionally applying RoPE to the keys' leading dims first.
+    optionally applying RoPE to the keys' leading dims and the Hadamard rotation first.
 
     Parameters
     ----------
@@ -115,8 +116,35 @@ def indexer_cache_write(
         pairs of ``k``'s first ``2P`` dims (``P = 32`` for GLM-5.x), each rotated value rounded to
         ``k``'s dtype before quantization, as the model's unfused path stores it (see
         :func:`mla_cache_write`).
+    hadamard : bool
+        Rotate each key (after RoPE) by :func:`hadamard_rotate` in fp32 before quantizing: the codes
+        and scales equal ``quant_fp8_per_token_group(hadamard_rotate(k), 128, scale_ue8m0)``.
     """
-    torch.ops.glm52.indexer_cache_write(k, slots, cache, scale_ue8m0, rope=rope)
+    torch.ops.glm52.indexer_cache_write(k, slots, cache, scale_ue8m0, rope=rope, hadamard=hadamard)
+
+
+def hadamard_rotate(x: torch.Tensor, *, out: torch.Tensor | None = None) -> torch.Tensor:
+    """The FP8 indexer's rotation: ``x · H_n / sqrt(n)`` over the last dim, in float32.
+
+    ``H_n`` is the Sylvester Hadamard matrix (symmetric, ``H H = n I``), so rotating both the
+    queries and the keys leaves every exact score ``q · k`` unchanged while spreading outlier
+    channels over all ``n`` dims before e4m3 quantization (the DeepSeek-V3.2 reference's
+    ``rotate_activation``; DESIGN §2.1). ``n = 128`` for GLM-5.x.
+
+    Parameters
+    ----------
+    x : torch.Tensor
+        ``[..., n]`` bfloat16, float16 or float32, contiguous; ``n`` is 32, 64 or 128.
+    out : torch.Tensor, optional
+        Preallocated float32, x's shape, contiguous.
+
+    ``log2(n)`` fp32 butterfly stages (strides 1 to n/2) and one multiply by ``n^-0.5`` in a fixed
+    order (csrc/attention/attention_hadamard.h): the CPU and the GPU give the same bits. No host sync.
+    """
+    if out is None:
+        return torch.ops.glm52.hadamard_rotate(x)
+    torch.ops.glm52.hadamard_rotate_out(x, out=out)
+    return out
 
 
 def indexer_logits(
@@ -480,7 +508,20 @@ def _mla_cache_write(kv, slots, cache, *, rope=None):
 
 
 @torch.library.register_fake("glm52::indexer_cache_write")
-def _indexer_cache_write(k, slots, cache, scale_ue8m0=False, *, rope=None):
+def _indexer_cache_write(k, slots, cache, scale_ue8m0=False, *, rope=None, hadamard=False):
+    return None
+
+
+@torch.library.register_fake("glm52::hadamard_rotate")
+def _hadamard_rotate(x):
+    torch._check(x.dim() >= 1 and x.shape[-1] in (32, 64, 128),
+                 lambda: f"glm52.hadamard_rotate: argument 'x' must have shape [..., n] with n 32, 64 or 128, "
+                         f"got {list(x.shape)}")
+    return x.new_empty(x.shape, dtype=torch.float32)
+
+
+@torch.library.register_fake("glm52::hadamard_rotate_out")
+def _hadamard_rotate_out(x, *, out):
     return None
 
 

@@ -26,6 +26,8 @@ __all__ = [
     "INDEX_BLOCK_BYTES",
     "MLA_BF16_TOKEN_BYTES",
     "MLA_FP8_TOKEN_BYTES",
+    "hadamard_matrix",
+    "hadamard_rotate",
     "indexer_cache_read",
     "indexer_cache_write",
     "indexer_logits",
@@ -59,6 +61,32 @@ def rope_rotate(x: torch.Tensor, rope: torch.Tensor) -> torch.Tensor:
     x0, x1 = x.float().unflatten(-1, (-1, 2)).unbind(-1)
     cos, sin = rope.unbind(-1)
     return torch.stack((x0 * cos - x1 * sin, x0 * sin + x1 * cos), dim=-1).flatten(-2).to(x.dtype)
+
+
+def hadamard_matrix(n: int = INDEX_DIM) -> torch.Tensor:
+    """The normalized ``[n, n]`` Sylvester Hadamard matrix in fp64 (orthogonal and symmetric): the
+    definition :func:`hadamard_rotate` computes, ``hadamard_rotate(x) ≈ x @ hadamard_matrix(n)``."""
+    if n < 1 or n & (n - 1):
+        raise ValueError(f"the Hadamard size must be a power of two, got {n}")
+    h = torch.ones(1, 1, dtype=torch.float64)
+    while h.shape[0] < n:
+        h = torch.cat((torch.cat((h, h), 1), torch.cat((h, -h), 1)), 0)
+    return h * n**-0.5
+
+
+def hadamard_rotate(x: torch.Tensor) -> torch.Tensor:
+    """``x [..., n]`` (n 32, 64 or 128) times the normalized Hadamard matrix over the last dim, as
+    fp32: the kernels' butterfly stages ``(a, b) -> (a + b, a - b)`` of strides 1 to n/2 in fp32,
+    then one multiply by ``n^-0.5`` rounded to fp32 (so the bits equal the ops')."""
+    n = x.shape[-1]
+    y = x.float().reshape(-1, n)
+    h = 1
+    while h < n:
+        pairs = y.view(-1, n // (2 * h), 2, h)
+        a, b = pairs[:, :, 0], pairs[:, :, 1]
+        y = torch.stack((a + b, a - b), dim=2).view(-1, n)
+        h *= 2
+    return (y * n**-0.5).view(x.shape)
 
 
 def mla_cache_write(kv: torch.Tensor, slots: torch.Tensor, cache: torch.Tensor,
@@ -98,13 +126,16 @@ def _indexer_views(cache: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 def indexer_cache_write(
     k: torch.Tensor, slots: torch.Tensor, cache: torch.Tensor, scale_ue8m0: bool = False,
-    rope: torch.Tensor | None = None,
+    rope: torch.Tensor | None = None, hadamard: bool = False,
 ) -> torch.Tensor:
     """A copy of ``cache`` with ``k[t]`` ``[128]`` quantized (one fp32 scale per token) at ``slots[t]``,
-    its first ``2P`` dims turned by ``rope [T, P, 2]`` first when given."""
+    its first ``2P`` dims turned by ``rope [T, P, 2]`` first when given, then the whole key rotated
+    by :func:`hadamard_rotate` when ``hadamard``."""
     if rope is not None:
         r = 2 * rope.shape[1]
         k = torch.cat((rope_rotate(k[:, :r], rope), k[:, r:]), dim=1)
+    if hadamard:
+        k = hadamard_rotate(k)
     cache = cache.clone()
     codes_view, scale_view = _indexer_views(cache)
     keep = _valid_slots(slots, cache.shape[0] * BLOCK_TOKENS)

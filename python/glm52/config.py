@@ -41,6 +41,7 @@ from typing import Any
 
 MODEL_TYPE = "glm_moe_dsa"
 INDEXER_PRECISIONS = ("exact", "fp8")
+HADAMARD_DIMS = (32, 64, 128)  # the sizes glm52_ext.ops.hadamard_rotate takes
 FP8_COMPUTE_MODES = ("dequant", "fp8")
 MOE_ROUTER_DTYPES = ("float32", "bfloat16")  # the router GEMM's dtype; the published releases say float32
 SUPPORTED_CHECKPOINTS = ("zai-org/GLM-5.2-FP8", "zai-org/GLM-5.2", "zai-org/GLM-5.1-FP8", "zai-org/GLM-5.1",
@@ -147,9 +148,12 @@ class GLM52Config:
     quantization_config: dict | None = None
     # Runtime choices, not config.json fields: "exact" (fp32 indexer scores) or "fp8" (DESIGN §2.1);
     # how FP8 weights are used: "dequant" (dequantized to the activation dtype: exact) or "fp8"
-    # (activations quantized per token group, FP8 block-scaled GEMMs: the production path).
+    # (activations quantized per token group, FP8 block-scaled GEMMs: the production path);
+    # whether the FP8 indexer rotates its queries and keys by the 128-point Hadamard transform before
+    # quantizing (DESIGN §2.1, the DeepSeek-V3.2 reference recipe; exact scores are unchanged).
     indexer_precision: str = "exact"
     fp8_compute: str = "dequant"
+    indexer_hadamard: bool = True
 
     def __post_init__(self) -> None:
         types = self.indexer_types
@@ -189,7 +193,8 @@ class GLM52Config:
             if name in d and d.pop(name) != want:
                 raise ValueError(f"config field {name!r} must be {want!r} for GLM-5.x (unsupported variant)")
         kwargs: dict[str, Any] = {"rope_theta": _rope_theta(d)}
-        names = {f.name for f in dataclasses.fields(cls)} - {"indexer_precision", "fp8_compute", "rope_theta"}
+        names = {f.name for f in dataclasses.fields(cls)} - {"indexer_precision", "fp8_compute", "indexer_hadamard",
+                                                             "rope_theta"}
         known = names | KNOWN_NON_ARCHITECTURE_FIELDS.keys() | _DERIVED_FIELDS
         _check_unknown([k for k in d if k not in known], d)
         experts = _expert_count(d)
@@ -237,7 +242,8 @@ class GLM52Config:
     def to_dict(self) -> dict[str, Any]:
         """The ``config.json`` transformers' ``GlmMoeDsaConfig`` reads (HF field names)."""
         d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
-        for k in ("indexer_precision", "fp8_compute", "rope_theta", "index_topk_pattern", "quantization_config"):
+        for k in ("indexer_precision", "fp8_compute", "indexer_hadamard", "rope_theta", "index_topk_pattern",
+                  "quantization_config"):
             d.pop(k)
         for k in ("index_topk_freq", "index_skip_topk_offset"):
             if d[k] is None:
@@ -410,6 +416,11 @@ def _validate(c: GLM52Config) -> None:
                          f"{', '.join(map(repr, MOE_ROUTER_DTYPES))}")
     if c.indexer_precision not in INDEXER_PRECISIONS:
         raise ValueError(f"indexer_precision must be one of {INDEXER_PRECISIONS}; got {c.indexer_precision!r}")
+    if not isinstance(c.indexer_hadamard, bool):
+        raise ValueError(f"indexer_hadamard must be True or False; got {c.indexer_hadamard!r}")
+    if c.indexer_precision == "fp8" and c.indexer_hadamard and c.index_head_dim not in HADAMARD_DIMS:
+        raise ValueError(f"indexer_hadamard rotates index_head_dim {HADAMARD_DIMS} wide keys; got "
+                         f"{c.index_head_dim} (pass indexer_hadamard=False)")
     if c.fp8_compute not in FP8_COMPUTE_MODES:
         raise ValueError(f"fp8_compute must be one of {FP8_COMPUTE_MODES}; got {c.fp8_compute!r}")
     _check_quantization(c.quantization_config)

@@ -199,7 +199,7 @@ class ContextParallelCache(PagedKVCache):
         from the cached FP8 keys with the fused op's recipe (the op returns positions only). fp32 sums
         in PyTorch's order: a candidate within rounding of the k-th score of another rank may be
         ranked differently than by one process's fused op."""
-        q8, w = fp8_index_query(q, w)
+        q8, w = fp8_index_query(q, w, self.index_hadamard)
         codes_end = BLOCK_SIZE * (INDEX_TOKEN_BYTES - 4)
         cache = self.index_keys[layer]
         codes = cache[:, :codes_end].reshape(-1, INDEX_TOKEN_BYTES - 4).view(torch.float8_e4m3fn)

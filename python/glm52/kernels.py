@@ -11,6 +11,7 @@ import torch
 from glm52_ext.ops import (
     add_rms_norm,
     dequant_fp8_block,
+    hadamard_rotate,
     indexer_cache_write,
     indexer_topk_paged,
     mla_cache_write,
@@ -39,6 +40,7 @@ __all__ = [
     "fp8_gemm",
     "fp8_moe_experts",
     "fp8_swiglu_mlp",
+    "hadamard_rotate",
     "indexer_cache_write",
     "indexer_topk_paged",
     "mla_cache_write",

@@ -131,6 +131,9 @@ class PagedKVCache:
       in the model dtype and indexer keys as fp32 (exact indexer) or e4m3 + fp32 scale (FP8),
       read with plain PyTorch.
 
+    With the FP8 indexer and ``config.indexer_hadamard`` (the default), keys are stored rotated by
+    ``hadamard_rotate`` (after RoPE) and queries are rotated the same way before they are quantized.
+
     ``shared_storage=True`` gives all layers one buffer: enough for a single forward pass, where
     each layer is done with the cache before the next one writes it.
 
@@ -156,6 +159,7 @@ class PagedKVCache:
         layers = range(config.num_layers_total)
         indexed = [i for i in layers if config.has_indexer(i)]
         fp8_keys = config.indexer_precision == "fp8"
+        self.index_hadamard = fp8_keys and config.indexer_hadamard  # rotate q and k before quantizing
 
         def per_layer(shape, dt, which):
             if shared_storage:
@@ -216,7 +220,7 @@ class PagedKVCache:
             kernels.mla_cache_write(latent.reshape(-1, latent.shape[-1]), flat_slots, self.latent[layer], rope=pairs)
             if index_key is not None:
                 kernels.indexer_cache_write(index_key.reshape(-1, index_key.shape[-1]), flat_slots,
-                                            self.index_keys[layer], rope=pairs)
+                                            self.index_keys[layer], rope=pairs, hadamard=self.index_hadamard)
             return
         if turn is not None:
             r = self.config.qk_rope_head_dim
@@ -228,7 +232,7 @@ class PagedKVCache:
                                     self.latent[layer])
             if index_key is not None:
                 kernels.indexer_cache_write(index_key.reshape(-1, index_key.shape[-1]).float(), flat_slots,
-                                            self.index_keys[layer])
+                                            self.index_keys[layer], hadamard=self.index_hadamard)
             return
         rows = torch.where(flat_slots >= 0, flat_slots, self.num_slots)  # −1 -> the spare row
         self.latent[layer].index_copy_(0, rows, latent.reshape(-1, latent.shape[-1]).to(self.latent[layer].dtype))
@@ -236,7 +240,8 @@ class PagedKVCache:
             return
         keys = index_key.reshape(-1, index_key.shape[-1])
         if layer in self.index_scales:
-            k8, scale = kernels.quant_fp8_per_token_group(keys.float(), keys.shape[-1])
+            keys = kernels.hadamard_rotate(keys.contiguous()) if self.index_hadamard else keys.float()
+            k8, scale = kernels.quant_fp8_per_token_group(keys, keys.shape[-1])
             self.index_keys[layer].view(torch.uint8).index_copy_(0, rows, k8.view(torch.uint8))  # no fp8 index_copy_
             self.index_scales[layer].index_copy_(0, rows, scale.view(-1))
         else:
@@ -250,7 +255,7 @@ class PagedKVCache:
         built: the kernel formats run the fused ``indexer_topk_paged``; the model format streams
         key tiles into a running selection (:func:`streaming_topk`)."""
         if self.format != "model":
-            q8, w = fp8_index_query(q, w)
+            q8, w = fp8_index_query(q, w, self.index_hadamard)
             lengths = (view.positions + 1).int()  # padding tokens (position −1) see nothing
             return kernels.indexer_topk_paged(q8, w, self.index_keys[layer], view.block_table, lengths, k)
         return self.streaming_index_topk(layer, q, w, view, k)[0]
@@ -275,7 +280,7 @@ class PagedKVCache:
             keys = self.index_keys[layer].index_select(0, flat).view(*slots.shape, -1)
             if fp8:
                 scale = self.index_scales[layer].index_select(0, flat).view(slots.shape)
-                scores = indexer_scores_fp8(q[:, rows], w[:, rows], keys, scale)
+                scores = indexer_scores_fp8(q[:, rows], w[:, rows], keys, scale, self.index_hadamard)
             else:
                 scores = indexer_scores_exact(q[:, rows], w[:, rows], keys)
             if not self.slots_are_prefix:
@@ -378,10 +383,12 @@ def streaming_topk(tile_scores, batch: int, queries: int, context: int, k: int, 
     return (out, out_scores) if with_scores else out
 
 
-def fp8_index_query(q: torch.Tensor, w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def fp8_index_query(q: torch.Tensor, w: torch.Tensor, hadamard: bool) -> tuple[torch.Tensor, torch.Tensor]:
     """Indexer queries ``q [B, T, H, D]`` and head weights ``w [B, T, H]`` as the fused FP8 ops take
-    them: e4m3 codes per (token, head) with a power-of-two scale, folded with ``D^-0.5`` into ``w``."""
+    them: (Hadamard-rotated in fp32 when ``hadamard``) e4m3 codes per (token, head) with a
+    power-of-two scale, folded with ``D^-0.5`` into ``w``."""
     d = q.shape[-1]
+    q = kernels.hadamard_rotate(q.contiguous()) if hadamard else q
     q8, q_scale = kernels.quant_fp8_per_token_group(q.reshape(-1, d), d, scale_ue8m0=True)
     return q8.view(q.shape), (w * q_scale.view(w.shape) * d**-0.5).contiguous()
 
@@ -400,13 +407,13 @@ def indexer_scores_exact(q: torch.Tensor, w: torch.Tensor, keys: torch.Tensor) -
     return _weighted_relu_scores(q.float(), w * q.shape[-1] ** -0.5, keys.float())
 
 
-def indexer_scores_fp8(q: torch.Tensor, w: torch.Tensor, k8: torch.Tensor, k_scale: torch.Tensor) -> torch.Tensor:
-    """Production recipe: q per (token, head) e4m3 with a power-of-two scale folded into the head
-    weight, keys e4m3 with one fp32 scale per token: ``I = s_k(t) · Σ_h w'_h · ReLU(q8_h · k8_t)``."""
-    b, t, h, d = q.shape
-    q8, q_scale = kernels.quant_fp8_per_token_group(q.reshape(-1, d), d, scale_ue8m0=True)
-    w = w * q_scale.view(b, t, h) * d**-0.5
-    return _weighted_relu_scores(q8.float().view(b, t, h, d), w, k8.float()) * k_scale.unsqueeze(1)
+def indexer_scores_fp8(q: torch.Tensor, w: torch.Tensor, k8: torch.Tensor, k_scale: torch.Tensor,
+                       hadamard: bool) -> torch.Tensor:
+    """Production recipe: q (Hadamard-rotated when ``hadamard``, as the keys were) per (token, head)
+    e4m3 with a power-of-two scale folded into the head weight, keys e4m3 with one fp32 scale per
+    token: ``I = s_k(t) · Σ_h w'_h · ReLU(q8_h · k8_t)``."""
+    q8, w = fp8_index_query(q, w, hadamard)
+    return _weighted_relu_scores(q8.float(), w, k8.float()) * k_scale.unsqueeze(1)
 
 
 def paged_slots(block_table: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:

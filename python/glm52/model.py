@@ -132,16 +132,20 @@ class GLM52ForCausalLM(nn.Module):
         indexer_precision: str = "exact",
         fp8_compute: str = "dequant",
         parallel=None,
+        indexer_hadamard: bool = True,
     ) -> GLM52ForCausalLM:
         """Load a Hugging Face checkpoint directory (sharded or single-file, BF16 or FP8).
 
         ``dtype=None`` keeps every tensor as stored (FP8 weights stay FP8 with their scales);
         a floating ``dtype`` casts all weights to it, dequantizing FP8 ones. ``parallel`` (a
         :class:`glm52.parallel.ParallelHandle` from ``init_parallel``) loads this rank's shard only.
+        ``indexer_precision``, ``indexer_hadamard`` and ``fp8_compute`` are the runtime choices of
+        :class:`GLM52Config`.
         """
         from .loader import load_checkpoint
 
-        config = GLM52Config.from_pretrained(path, indexer_precision=indexer_precision, fp8_compute=fp8_compute)
+        config = GLM52Config.from_pretrained(path, indexer_precision=indexer_precision, fp8_compute=fp8_compute,
+                                             indexer_hadamard=indexer_hadamard)
         if parallel is not None:
             from .parallel import build_parallel_model
 

@@ -70,7 +70,10 @@ def prefill_workspace_bytes(config: GLM52Config, chunk: int, tp: int, ep: int) -
     latent = config.kv_lora_rank + config.qk_rope_head_dim
     residual = 3 * chunk * hidden * 2
     attention = chunk * heads * (2 * latent * 2 + config.kv_lora_rank * 2 + config.qk_head_dim * 2 + 4)
-    indexer = chunk * config.index_n_heads * (config.index_head_dim * 5 + 4) + chunk * config.index_topk * (4 + 8)
+    # Indexer queries per head: BF16 projection and rotated copy, the fp32 Hadamard rotation when
+    # the FP8 recipe rotates, e4m3 codes; one fp32 weight.
+    query_bytes = 2 + 2 + (4 if config.indexer_hadamard else 0) + 1
+    indexer = chunk * config.index_n_heads * (config.index_head_dim * query_bytes + 4) + chunk * config.index_topk * (4 + 8)
     experts = config.n_routed_experts // (ep if ep > 1 else tp)
     rows = chunk * config.num_experts_per_tok + experts * 128
     moe = rows * (hidden + 4 * -(-hidden // 128) + 2 * config.moe_intermediate_size * 2 + hidden * 2)

@@ -2,6 +2,7 @@
 // Quantization uses quant_fp8.h's scale math, so codes match the CUDA kernels bit for bit.
 #include "attention/attention_cache.h"
 #include "attention/attention_checks.h"
+#include "attention/attention_hadamard.h"
 #include "attention/attention_rope.h"
 
 #include <ATen/ATen.h>
@@ -71,7 +72,7 @@ void mla_cache_write_cpu(const at::Tensor& kv, const at::Tensor& slots, at::Tens
 }
 
 void indexer_cache_write_cpu(const at::Tensor& k, const at::Tensor& slots, at::Tensor& cache, bool scale_ue8m0,
-                             const std::optional<at::Tensor>& rope) {
+                             const std::optional<at::Tensor>& rope, bool hadamard) {
   const int64_t rope_pairs = check_indexer_cache_write(k, slots, cache, rope);
   const float* turns = rope ? rope->const_data_ptr<float>() : nullptr;
   const int64_t num_blocks = cache.size(0);
@@ -94,7 +95,14 @@ void indexer_cache_write_cpu(const at::Tensor& k, const at::Tensor& slots, at::T
           key[2 * p + 1] = static_cast<scalar_t>(y1);
         }
         float scale;
-        quantize_group(key, kIndexDim, scale_ue8m0, base + index_code_offset(s), &scale);
+        if (hadamard) {
+          float rotated[kIndexDim];
+          for (int i = 0; i < kIndexDim; ++i) rotated[i] = static_cast<float>(key[i]);
+          hadamard_rotate_inplace(rotated, kIndexDim);
+          quantize_group(rotated, kIndexDim, scale_ue8m0, base + index_code_offset(s), &scale);
+        } else {
+          quantize_group(key, kIndexDim, scale_ue8m0, base + index_code_offset(s), &scale);
+        }
         std::memcpy(base + index_scale_offset(s), &scale, 4);
       }
     });

@@ -28,13 +28,23 @@ void mla_cache_write_cuda(const at::Tensor& kv, const at::Tensor& slots, at::Ten
 }
 
 void indexer_cache_write_cuda(const at::Tensor& k, const at::Tensor& slots, at::Tensor& cache, bool scale_ue8m0,
-                              const std::optional<at::Tensor>& rope) {
+                              const std::optional<at::Tensor>& rope, bool hadamard) {
   const int64_t rope_pairs = check_indexer_cache_write(k, slots, cache, rope);
   const c10::cuda::CUDAGuard guard(k.device());
   IndexerCacheWriteArgs args{k.const_data_ptr(), k.stride(0), launch_dtype(k.scalar_type()),
                              slots.const_data_ptr<int64_t>(), k.size(0), cache.mutable_data_ptr<uint8_t>(),
-                             cache.size(0), scale_ue8m0, rope ? rope->const_data_ptr<float>() : nullptr, rope_pairs};
+                             cache.size(0), scale_ue8m0, rope ? rope->const_data_ptr<float>() : nullptr, rope_pairs,
+                             hadamard};
   C10_CUDA_CHECK(launch_indexer_cache_write(args, stream_of(k)));
+}
+
+void hadamard_rotate_out_cuda(const at::Tensor& x, at::Tensor& out) {
+  const int64_t rows = check_hadamard_rotate(x);
+  check_hadamard_rotate_out(x, out);
+  const c10::cuda::CUDAGuard guard(x.device());
+  C10_CUDA_CHECK(launch_hadamard_rotate(x.const_data_ptr(), launch_dtype(x.scalar_type()),
+                                        out.mutable_data_ptr<float>(), rows, static_cast<int>(x.size(-1)),
+                                        stream_of(x)));
 }
 
 void indexer_logits_out_cuda(const at::Tensor& q8, const at::Tensor& weights, const at::Tensor& k8,
@@ -158,6 +168,7 @@ void sparse_mla_decode_metadata_out_cuda(const at::Tensor& row_topk, int64_t num
 TORCH_LIBRARY_IMPL(glm52, CUDA, m) {
   m.impl("mla_cache_write", &mla_cache_write_cuda);
   m.impl("indexer_cache_write", &indexer_cache_write_cuda);
+  m.impl("hadamard_rotate_out", &hadamard_rotate_out_cuda);
   m.impl("indexer_logits_out", &indexer_logits_out_cuda);
   m.impl("indexer_logits_paged_out", &indexer_logits_paged_out_cuda);
   m.impl("topk_indices_out", &topk_indices_out_cuda);

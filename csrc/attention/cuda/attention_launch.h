@@ -33,6 +33,7 @@ struct IndexerCacheWriteArgs {
   bool scale_ue8m0;
   const float* rope;      // [tokens, rope_pairs, 2] (cos, sin) rotating k's leading dims, or nullptr
   int64_t rope_pairs;
+  bool hadamard;          // rotate the key (after RoPE) by attention_hadamard.h before quantizing
 };
 
 // Flat keys (ragged prefill) or the paged indexer cache (decode).
@@ -91,6 +92,9 @@ struct SparseSplitArgs {
 
 cudaError_t launch_mla_cache_write(const MlaCacheWriteArgs& args, cudaStream_t stream);
 cudaError_t launch_indexer_cache_write(const IndexerCacheWriteArgs& args, cudaStream_t stream);
+// x [rows, dim] (dtype) -> out [rows, dim] fp32, dim 32, 64 or 128 (hadamard_kernels.cu).
+cudaError_t launch_hadamard_rotate(const void* x, DType dtype, float* out, int64_t rows, int dim,
+                                   cudaStream_t stream);
 // QGMMA kernel for 32 or 64 heads when tensor_cores (indexer_qgmma_kernels.cu), else SIMT.
 cudaError_t launch_indexer_logits(const IndexerLogitsArgs& args, bool tensor_cores, cudaStream_t stream);
 bool indexer_logits_qgmma_supports(int64_t heads);

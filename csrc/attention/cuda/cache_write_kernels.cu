@@ -5,6 +5,7 @@
 #include "attention/attention_cache.h"
 #include "attention/attention_rope.h"
 #include "attention/cuda/attention_launch.h"
+#include "attention/cuda/hadamard_warp.cuh"
 
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
@@ -77,7 +78,8 @@ __global__ void __launch_bounds__(kThreads) mla_cache_write_kernel(MlaCacheWrite
   }
 }
 
-// Lane l quantizes dims [4l, 4l + 4) of one key; the whole warp is one 128-dim group.
+// Lane l quantizes dims [4l, 4l + 4) of one key (the Hadamard butterfly's lane layout); the whole
+// warp is one 128-dim group.
 template <typename T>
 __global__ void __launch_bounds__(kThreads) indexer_cache_write_kernel(IndexerCacheWriteArgs a) {
   const int lane = threadIdx.x & 31;
@@ -97,6 +99,7 @@ __global__ void __launch_bounds__(kThreads) indexer_cache_write_kernel(IndexerCa
       v[2 * p] = to_float(from_float<T>(v[2 * p]));
       v[2 * p + 1] = to_float(from_float<T>(v[2 * p + 1]));
     }
+    if (a.hadamard) warp_hadamard_rotate<4>(v, lane);
     float amax = 0.0f;
 #pragma unroll
     for (int i = 0; i < 4; ++i) amax = fmaxf(amax, fabsf(v[i]));
