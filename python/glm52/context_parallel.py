@@ -190,8 +190,11 @@ class ContextParallelCache(PagedKVCache):
             positions = super().index_topk(layer, q, w, view, k)
             scores = self._fp8_scores(layer, q, w, view, positions)
         b, t, _ = positions.shape
-        rows = lambda x: self.cp.gather(x).permute(1, 2, 0, 3).reshape(b * t, self.cp.size, k)  # noqa: E731
-        return merge_topk_candidates(rows(positions), rows(scores), k).view(b, t, k)
+        # One all-gather per indexer layer: the int32 positions travel as the bits of fp32 columns.
+        packed = torch.cat((scores.float(), positions.int().view(torch.float32)), dim=-1)
+        rows = self.cp.gather(packed).permute(1, 2, 0, 3).reshape(b * t, self.cp.size, 2 * k)
+        candidates = rows[..., k:].contiguous().view(torch.int32)
+        return merge_topk_candidates(candidates, rows[..., :k], k).view(b, t, k)
 
     def _fp8_scores(self, layer: int, q: torch.Tensor, w: torch.Tensor, view: CacheView,
                     positions: torch.Tensor) -> torch.Tensor:
