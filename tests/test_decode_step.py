@@ -163,6 +163,42 @@ def test_decode_forwards_compile_without_graph_breaks():
         torch.testing.assert_close(got, want)
 
 
+@pytest.mark.parametrize("spec_steps, lengths", [(0, (5, 60, 9)), (3, (60,))])
+def test_compiled_decode_emits_the_eager_engines_tokens(spec_steps, lengths):
+    """``compiled_decode`` runs the same forwards through torch.compile per batch bucket: the same
+    greedy tokens as eager, across two table widths, with a padded bucket (3 rows in 4) in plain
+    decoding and, speculating, the verify, catch-up and shared-top-k draft forwards. The eager
+    backend traces exactly what inductor compiles and keeps the test fast; inductor is tested below."""
+    model = synthetic.bigram_model(GLM52Config.preset("tiny").replace(**SMALL), 0, draft_noise=0.0)
+    batch = prompts(model.config, lengths)
+    want = Engine(model, spec_steps=spec_steps, cache_bytes=8 << 20).generate(batch, 10)
+    engine = Engine(model, spec_steps=spec_steps, cache_bytes=8 << 20, compiled_decode="eager")
+    got = engine.generate(batch, 10)
+    assert got.tokens == want.tokens
+    assert {key[0] for key in engine.graphs.captured} == {len(lengths) + (len(lengths) == 3)}  # 3 rows in 4
+    assert len({key[3][0] for key in engine.graphs.captured}) == 2  # table widths of 1 and 2 blocks
+    if spec_steps:
+        assert engine.draft_graphs.captured and engine.shared_draft_graphs.captured
+        assert got.verify_steps < 5  # the drafts were accepted: this was no plain decoding
+
+
+def test_compiled_decode_with_inductor_matches_eager():
+    """The default backend (inductor, C++ wrapper) on a one-layer model: same greedy tokens, and
+    the custom glm52 ops run inside the compiled graph through their registered fakes."""
+    config = GLM52Config.preset("tiny").replace(num_hidden_layers=1, first_k_dense_replace=0, num_nextn_predict_layers=0)
+    model = init_random_(GLM52ForCausalLM(config), 0).eval()  # one MoE layer with its indexer
+    batch = prompts(model.config, (6,))
+    want = Engine(model, spec_steps=0, cache_bytes=4 << 20).generate(batch, 3)
+    engine = Engine(model, spec_steps=0, cache_bytes=4 << 20, compiled_decode=True)
+    assert engine.generate(batch, 3).tokens == want.tokens
+    assert len(engine.graphs.captured) == 1
+
+
+def test_compiled_decode_option_is_checked():
+    with pytest.raises(ValueError, match="exclusive"):
+        Engine(tiny(), spec_steps=0, cache_bytes=4 << 20, cuda_graphs=True, compiled_decode=True)
+
+
 def test_paged_slots_match_the_host_lookup():
     alloc = BlockAllocator(8)
     alloc.reserve(0, 130)  # 3 blocks
