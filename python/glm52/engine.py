@@ -103,7 +103,7 @@ class Engine:
     them (:mod:`glm52.graphs`). ``compiled_decode`` runs the same forwards, per the same buckets,
     compiled by ``torch.compile`` instead (``True``: inductor, or a backend's name): the CPU
     analogue of graph replay, off by default because the first step of each new shape compiles
-    (about a minute per shape for the tiny demo model on 2 cores; later processes reuse inductor's
+    (one to two minutes per shape for the tiny demo model on 2 cores; later processes reuse inductor's
     on-disk cache).
     ``count_step_ops = True`` records every decode step's ops and host syncs
     (:class:`glm52.counters.OpCounts`) in ``step_counts``.
