@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from glm52 import GLM52Config, GLM52ForCausalLM, synthetic
-from glm52.checkpoint import init_random_
+from glm52.checkpoint import init_random_, quantize_checkpoint, save_checkpoint
 from glm52.counters import OpCounter
 from glm52.engine import Engine, SamplingParams
 from glm52.kv_cache import BlockAllocator, paged_slots
@@ -180,6 +180,26 @@ def test_compiled_decode_emits_the_eager_engines_tokens(spec_steps, lengths):
     if spec_steps:
         assert engine.draft_graphs.captured and engine.shared_draft_graphs.captured
         assert got.verify_steps < 5  # the drafts were accepted: this was no plain decoding
+
+
+@pytest.mark.parametrize("spec_steps", [0, 2])
+def test_compiled_decode_of_fp8_kernel_cache_model(tmp_path, spec_steps):
+    """The GLM-5.x-shaped path traces whole too: FP8 weights through the fused FP8 kernels
+    (``fp8_compute="fp8"``, sizes on the 128-block grid), the kernels' BF16 cache, the FP8 indexer
+    and a split-KV decode plan (its part count and workspace size, host arithmetic, are
+    compile-time constants)."""
+    config = GLM52Config.preset("tiny").replace(**SMALL, **dict(KERNEL_SIZES, q_lora_rank=128, moe_intermediate_size=128))
+    bf16 = init_random_(GLM52ForCausalLM(config), 0).to(torch.bfloat16)
+    fp8 = quantize_checkpoint(save_checkpoint(bf16, tmp_path / "bf16"), tmp_path / "fp8")
+    model = GLM52ForCausalLM.from_pretrained(fp8, fp8_compute="fp8", indexer_precision="fp8")
+    batch = prompts(model.config, (5, 20))
+    tokens = []
+    for compiled in (None, "eager"):
+        engine = Engine(model, spec_steps=spec_steps, cache_bytes=16 << 20, compiled_decode=compiled)
+        engine.cache.split_decode = True
+        tokens.append(engine.generate(batch, 4).tokens)
+    assert engine.cache.format == "bf16" and engine.graphs.captured
+    assert tokens[1] == tokens[0]
 
 
 def test_compiled_decode_with_inductor_matches_eager():
