@@ -6,7 +6,10 @@ CPU figures (deterministic counts from glm52.counters plus wall-clock tokens/s):
   ops per decoder layer per step, on a GLM-5.x-shaped model: the kernels' 576-wide latent and
   128-wide FP8 indexer, FP8 weights through ``fp8_compute="fp8"``, the kernel caches, greedy;
 - the tiny demo model's (fp32) ops per layer, plain-decode tokens/s, and the speedup of speculative
-  decoding (MTP x3) with a perfect drafter (glm52.synthetic.bigram_model) over plain decoding.
+  decoding (MTP x3) with a perfect drafter (glm52.synthetic.bigram_model) over plain decoding;
+  eager, and (not with --quick) with the decode forwards compiled (``Engine(compiled_decode=True)``),
+  whose compile seconds (the first request's time beyond a warm one's; inductor's on-disk cache
+  makes later processes faster) are a column of their own, outside tokens/s.
 
 With ``--device cuda``: the step time of plain decoding eager vs CUDA-graph replay at batch 1, 8,
 64 and 256 on the GLM-5.x-shaped model.
@@ -72,15 +75,20 @@ def step_costs(model: GLM52ForCausalLM, spec_steps: int, steps: int = 3) -> tupl
             1e6 * result.seconds / max(result.verify_steps, 1))
 
 
-def tokens_per_second(model: GLM52ForCausalLM, spec_steps: int, batch: int, new_tokens: int) -> tuple[float, float]:
-    engine = Engine(model, spec_steps=spec_steps, cache_bytes=64 << 20)
+def tokens_per_second(model: GLM52ForCausalLM, spec_steps: int, batch: int, new_tokens: int,
+                      compiled: bool = False) -> tuple[float, float, float]:
+    """(tokens/s, seconds per token, compile seconds). The warm-up is the timed request itself, so
+    it meets every shape the timed run does; compile seconds are its time beyond the timed run's."""
+    engine = Engine(model, spec_steps=spec_steps, cache_bytes=64 << 20, compiled_decode=compiled)
     batch_prompts = prompts(model.config, batch)
-    engine.generate(batch_prompts, 2)  # warm-up
+    start = time.perf_counter()
+    engine.generate(batch_prompts, new_tokens)  # warm-up (and compilation)
+    warm_up = time.perf_counter() - start
     start = time.perf_counter()
     result = engine.generate(batch_prompts, new_tokens)
     seconds = time.perf_counter() - start
     produced = sum(len(t) for t in result.tokens)
-    return produced / seconds, seconds / produced
+    return produced / seconds, seconds / produced, warm_up - seconds if compiled else float("nan")
 
 
 def cpu_rows(device: str, quick: bool) -> list[dict]:
@@ -91,20 +99,26 @@ def cpu_rows(device: str, quick: bool) -> list[dict]:
         syncs, ops, step_us = step_costs(glm5, spec_steps)
         rows.append({"figure": f"glm5-shaped {'plain step' if not spec_steps else 'spec round (MTP x3)'}",
                      "syncs_per_step": syncs, "ops_per_layer": ops, "time_us": step_us, "tokens/s": float("nan"),
-                     "baseline": "issue 11: 17 / 66 syncs, 137 ops per layer", "frac_of_target":
+                     "compile_s": float("nan"), "baseline": "issue 11: 17 / 66 syncs, 137 ops per layer", "frac_of_target":
                      (1 if not spec_steps else 2) / max(syncs, 1e-9)})
     tiny = bigram_model(GLM52Config.preset("tiny"), 0, draft_noise=0.0).to(device)
     progress("tiny model: ops per step and tokens/s")
     syncs, ops, _ = step_costs(tiny, 0)
     new_tokens = 8 if quick else 48
-    plain_tps, plain_s = tokens_per_second(tiny, 0, 1, new_tokens)
-    rows.append({"figure": "tiny plain decode", "syncs_per_step": syncs, "ops_per_layer": ops,
-                 "time_us": 1e6 * plain_s, "tokens/s": plain_tps, "baseline": "50 tokens/s (before issue 11)",
-                 "frac_of_target": plain_tps / (4 * BASELINE_TINY_TOKENS_PER_S)})
-    spec_tps, spec_s = tokens_per_second(tiny, 3, 1, new_tokens)
-    rows.append({"figure": "tiny spec MTP x3, perfect drafter", "syncs_per_step": float("nan"),
-                 "ops_per_layer": float("nan"), "time_us": 1e6 * spec_s, "tokens/s": spec_tps,
-                 "baseline": "tiny plain decode", "frac_of_target": spec_tps / plain_tps / 2.5})
+    # Compiled steps (torch.compile, inductor) take minutes to compile cold: not in --quick.
+    for compiled in (False,) if quick or device != "cpu" else (False, True):
+        how = ", compiled" if compiled else ""
+        progress(f"tiny model{how}: plain and speculative decoding")
+        plain_tps, plain_s, plain_compile = tokens_per_second(tiny, 0, 1, new_tokens, compiled)
+        rows.append({"figure": f"tiny plain decode{how}", "syncs_per_step": syncs if not compiled else float("nan"),
+                     "ops_per_layer": ops if not compiled else float("nan"), "time_us": 1e6 * plain_s,
+                     "tokens/s": plain_tps, "compile_s": plain_compile, "baseline": "50 tokens/s (before issue 11)",
+                     "frac_of_target": plain_tps / (4 * BASELINE_TINY_TOKENS_PER_S)})
+        spec_tps, spec_s, spec_compile = tokens_per_second(tiny, 3, 1, new_tokens, compiled)
+        rows.append({"figure": f"tiny spec MTP x3, perfect drafter{how}", "syncs_per_step": float("nan"),
+                     "ops_per_layer": float("nan"), "time_us": 1e6 * spec_s, "tokens/s": spec_tps,
+                     "compile_s": spec_compile, "baseline": f"tiny plain decode{how}",
+                     "frac_of_target": spec_tps / plain_tps / 2.5})
     return rows
 
 

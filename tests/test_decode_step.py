@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from glm52 import GLM52Config, GLM52ForCausalLM, synthetic
-from glm52.checkpoint import init_random_
+from glm52.checkpoint import init_random_, quantize_checkpoint, save_checkpoint
 from glm52.counters import OpCounter
 from glm52.engine import Engine, SamplingParams
 from glm52.kv_cache import BlockAllocator, paged_slots
@@ -161,6 +161,62 @@ def test_decode_forwards_compile_without_graph_breaks():
             want = forward(*inputs)
             got = compiled(*inputs)
         torch.testing.assert_close(got, want)
+
+
+@pytest.mark.parametrize("spec_steps, lengths", [(0, (5, 60, 9)), (3, (60,))])
+def test_compiled_decode_emits_the_eager_engines_tokens(spec_steps, lengths):
+    """``compiled_decode`` runs the same forwards through torch.compile per batch bucket: the same
+    greedy tokens as eager, across two table widths, with a padded bucket (3 rows in 4) in plain
+    decoding and, speculating, the verify, catch-up and shared-top-k draft forwards. The eager
+    backend traces exactly what inductor compiles and keeps the test fast; inductor is tested below."""
+    model = synthetic.bigram_model(GLM52Config.preset("tiny").replace(**SMALL), 0, draft_noise=0.0)
+    batch = prompts(model.config, lengths)
+    want = Engine(model, spec_steps=spec_steps, cache_bytes=8 << 20).generate(batch, 10)
+    engine = Engine(model, spec_steps=spec_steps, cache_bytes=8 << 20, compiled_decode="eager")
+    got = engine.generate(batch, 10)
+    assert got.tokens == want.tokens
+    assert {key[0] for key in engine.graphs.captured} == {len(lengths) + (len(lengths) == 3)}  # 3 rows in 4
+    assert len({key[3][0] for key in engine.graphs.captured}) == 2  # table widths of 1 and 2 blocks
+    if spec_steps:
+        assert engine.draft_graphs.captured and engine.shared_draft_graphs.captured
+        assert got.verify_steps < 5  # the drafts were accepted: this was no plain decoding
+
+
+@pytest.mark.parametrize("spec_steps", [0, 2])
+def test_compiled_decode_of_fp8_kernel_cache_model(tmp_path, spec_steps):
+    """The GLM-5.x-shaped path traces whole too: FP8 weights through the fused FP8 kernels
+    (``fp8_compute="fp8"``, sizes on the 128-block grid), the kernels' BF16 cache, the FP8 indexer
+    and a split-KV decode plan (its part count and workspace size, host arithmetic, are
+    compile-time constants)."""
+    config = GLM52Config.preset("tiny").replace(**SMALL, **dict(KERNEL_SIZES, q_lora_rank=128, moe_intermediate_size=128))
+    bf16 = init_random_(GLM52ForCausalLM(config), 0).to(torch.bfloat16)
+    fp8 = quantize_checkpoint(save_checkpoint(bf16, tmp_path / "bf16"), tmp_path / "fp8")
+    model = GLM52ForCausalLM.from_pretrained(fp8, fp8_compute="fp8", indexer_precision="fp8")
+    batch = prompts(model.config, (5, 20))
+    tokens = []
+    for compiled in (None, "eager"):
+        engine = Engine(model, spec_steps=spec_steps, cache_bytes=16 << 20, compiled_decode=compiled)
+        engine.cache.split_decode = True
+        tokens.append(engine.generate(batch, 4).tokens)
+    assert engine.cache.format == "bf16" and engine.graphs.captured
+    assert tokens[1] == tokens[0]
+
+
+def test_compiled_decode_with_inductor_matches_eager():
+    """The default backend (inductor, C++ wrapper) on a one-layer model: same greedy tokens, and
+    the custom glm52 ops run inside the compiled graph through their registered fakes."""
+    config = GLM52Config.preset("tiny").replace(num_hidden_layers=1, first_k_dense_replace=0, num_nextn_predict_layers=0)
+    model = init_random_(GLM52ForCausalLM(config), 0).eval()  # one MoE layer with its indexer
+    batch = prompts(model.config, (6,))
+    want = Engine(model, spec_steps=0, cache_bytes=4 << 20).generate(batch, 3)
+    engine = Engine(model, spec_steps=0, cache_bytes=4 << 20, compiled_decode=True)
+    assert engine.generate(batch, 3).tokens == want.tokens
+    assert len(engine.graphs.captured) == 1
+
+
+def test_compiled_decode_option_is_checked():
+    with pytest.raises(ValueError, match="exclusive"):
+        Engine(tiny(), spec_steps=0, cache_bytes=4 << 20, cuda_graphs=True, compiled_decode=True)
 
 
 def test_paged_slots_match_the_host_lookup():

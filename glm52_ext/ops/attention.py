@@ -483,12 +483,14 @@ def sparse_mla_decode_metadata(row_topk: torch.Tensor, num_sm_parts: int) -> tup
     return torch.ops.glm52.sparse_mla_decode_metadata(row_topk, num_sm_parts)
 
 
+@torch.compiler.assume_constant_result  # host arithmetic: a compile-time constant for torch.compile
 def sparse_mla_decode_workspace_bytes(batch: int, sq: int, heads: int, num_sm_parts: int) -> int:
     """Bytes of the split decode's ``workspace`` for ``q [batch, sq, heads, 576]``: fp32 partial
     outputs and lse for ``batch + num_sm_parts`` pieces (host arithmetic, no device work)."""
     return torch.ops.glm52.sparse_mla_decode_workspace_bytes(batch, sq, heads, num_sm_parts)
 
 
+@torch.compiler.assume_constant_result  # a host query: torch.compile takes its value as a constant
 def sparse_mla_decode_sm_parts(device: torch.device | str, sq: int, heads: int) -> int:
     """Parts a split plan should use on ``device`` for ``sq`` query tokens of ``heads`` heads: the
     device's parallel units (CUDA: SMs; CPU: intra-op threads) shared among the ``sq * ceil(heads / 64)``

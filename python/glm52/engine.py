@@ -31,7 +31,7 @@ import torch
 
 from . import kernels
 from .counters import OpCounter, OpCounts
-from .graphs import DecodeGraphs
+from .graphs import CompiledStep, DecodeGraphs, GraphReplay
 from .kv_cache import BLOCK_SIZE, BlockAllocator, CacheFullError, CacheView, PagedKVCache
 from .model import GLM52ForCausalLM
 
@@ -100,14 +100,19 @@ class Engine:
     on the device after every draw). ``cuda_graphs`` (default: on for CUDA) captures the decode
     target forwards (the plain step and the verification) and the MTP draft forwards (the catch-up
     over the fresh positions and each later draft step) per (batch bucket, input shapes) and replays
-    them (:mod:`glm52.graphs`).
+    them (:mod:`glm52.graphs`). ``compiled_decode`` runs the same forwards, per the same buckets,
+    compiled by ``torch.compile`` instead (``True``: inductor, or a backend's name): the CPU
+    analogue of graph replay, off by default because the first step of each new shape compiles
+    (one to two minutes per shape for the tiny demo model on 2 cores; later processes reuse inductor's
+    on-disk cache).
     ``count_step_ops = True`` records every decode step's ops and host syncs
     (:class:`glm52.counters.OpCounts`) in ``step_counts``.
     """
 
     def __init__(self, model: GLM52ForCausalLM, cache_bytes: int = 256 << 20, spec_steps: int = 3,
                  eos_token_ids: tuple[int, ...] | list[int] = (), cache_format: str | None = None,
-                 cuda_graphs: bool | None = None, prefill_chunk_tokens: int = 8192) -> None:
+                 cuda_graphs: bool | None = None, prefill_chunk_tokens: int = 8192,
+                 compiled_decode: bool | str | None = None) -> None:
         config = model.config
         if spec_steps < 0:
             raise ValueError(f"spec_steps must be >= 0, got {spec_steps}")
@@ -133,15 +138,25 @@ class Engine:
         uncaptured = ("context parallelism" if cp is not None else
                       "expert dispatch across DP groups" if handle is not None and handle.config.moe_mode == "dispatch"
                       else None)
-        cuda_graphs = self.device.type == "cuda" and uncaptured is None if cuda_graphs is None else cuda_graphs
-        if cuda_graphs and uncaptured is not None:
-            raise ValueError(f"cuda_graphs=True is not supported with {uncaptured}: its collectives are not "
-                             f"captured; pass cuda_graphs=False")
+        backend = "inductor" if compiled_decode is True else compiled_decode or None
+        if cuda_graphs is None:
+            cuda_graphs = self.device.type == "cuda" and uncaptured is None and backend is None
+        for name, on in (("cuda_graphs", cuda_graphs), ("compiled_decode", backend)):
+            if on and uncaptured is not None:
+                raise ValueError(f"{name}={on!r} is not supported with {uncaptured}: its collectives are not "
+                                 f"captured; pass {name}=False")
+        if cuda_graphs and backend:
+            raise ValueError(f"cuda_graphs and compiled_decode={compiled_decode!r} are exclusive: pass one of them")
         if cuda_graphs and self.device.type != "cuda":
             raise ValueError(f"cuda_graphs needs a model on a CUDA device, got {self.device}")
-        self.graphs = DecodeGraphs(self._decode_forward) if cuda_graphs else None
-        self.draft_graphs = DecodeGraphs(self._mtp_forward, pads=(0, 0, -1, -1)) if cuda_graphs else None
-        self.shared_draft_graphs = DecodeGraphs(self._mtp_forward, pads=(0, 0, -1, -1, -1)) if cuda_graphs else None
+
+        def graphs(forward, pads):
+            if not (cuda_graphs or backend):
+                return None
+            return DecodeGraphs(forward, pads, CompiledStep(forward, backend) if backend else GraphReplay(forward))
+        self.graphs = graphs(self._decode_forward, (0, -1, -1))
+        self.draft_graphs = graphs(self._mtp_forward, (0, 0, -1, -1))
+        self.shared_draft_graphs = graphs(self._mtp_forward, (0, 0, -1, -1, -1))
         # Philox key and stream of every draw, on the device (CUDA graphs replay the same pointers).
         self._seed = torch.zeros((), dtype=torch.int64, device=self.device)
         self._offset = torch.zeros((), dtype=torch.int64, device=self.device)
@@ -184,7 +199,7 @@ class Engine:
                 decode: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
         """Target forward of tokens ``new[i]`` (host lists, or a device ``[B, T]`` tensor) at
         positions ``start[i]..`` -> (hidden, logits) ``[B, T, ...]``. ``decode``: a decode-shaped
-        forward (the plain step, the verification), replayed from CUDA graphs when they are on."""
+        forward (the plain step, the verification), replayed from CUDA graphs or compiled when on."""
         lengths = [len(n) for n in new] if isinstance(new, list) else [new.shape[1]] * len(seqs)
         positions, table = self._table(seqs, [list(range(s, s + n)) for s, n in zip(start, lengths)])
         ids = self._ids(new, positions.shape[1]) if isinstance(new, list) else new
@@ -210,7 +225,7 @@ class Engine:
         return self.model.mtp(hidden, next_ids, view=view, shared_topk=shared_topk, check_values=False)
 
     def _mtp(self, *inputs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """:meth:`_mtp_forward`, replayed from CUDA graphs when they are on."""
+        """:meth:`_mtp_forward`, replayed from CUDA graphs or compiled when on."""
         graphs = self.draft_graphs if len(inputs) == 4 else self.shared_draft_graphs
         return (graphs or self._mtp_forward)(*inputs)
 

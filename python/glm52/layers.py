@@ -130,8 +130,9 @@ def fused_gate_up(owner: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
     then become views into it, so no second copy stays in memory."""
     gate, up = owner.gate_proj, owner.up_proj
     fused = getattr(owner, "_gate_up", None)
-    if fused is not None and fused[0].data_ptr() == gate.weight.data_ptr() and \
-            fused[0][..., gate.out_features:, :].data_ptr() == up.weight.data_ptr():
+    # torch.compile cannot trace data pointers; a compiled decode step runs after an eager prefill built the weight.
+    if fused is not None and (torch.compiler.is_compiling() or fused[0].data_ptr() == gate.weight.data_ptr() and
+                              fused[0][..., gate.out_features:, :].data_ptr() == up.weight.data_ptr()):
         return fused
     i = gate.out_features
     w13 = torch.cat((gate.weight, up.weight), dim=-2)
