@@ -182,19 +182,26 @@ def test_compiled_decode_emits_the_eager_engines_tokens(spec_steps, lengths):
         assert got.verify_steps < 5  # the drafts were accepted: this was no plain decoding
 
 
-@pytest.mark.parametrize("spec_steps", [0, 2])
-def test_compiled_decode_of_fp8_kernel_cache_model(tmp_path, spec_steps):
-    """The GLM-5.x-shaped path traces whole too: FP8 weights through the fused FP8 kernels
-    (``fp8_compute="fp8"``, sizes on the 128-block grid), the kernels' BF16 cache, the FP8 indexer
-    and a split-KV decode plan (its part count and workspace size, host arithmetic, are
-    compile-time constants)."""
-    config = GLM52Config.preset("tiny").replace(**SMALL, **dict(KERNEL_SIZES, q_lora_rank=128, moe_intermediate_size=128))
+def fp8_kernel_cache_model(tmp_path, **changes) -> GLM52ForCausalLM:
+    """A model on the GLM-5.x-shaped path: FP8 weights through the fused FP8 kernels
+    (``fp8_compute="fp8"``, sizes on the 128-block grid), the kernels' BF16 cache, the FP8 indexer."""
+    config = GLM52Config.preset("tiny").replace(**{**SMALL, **KERNEL_SIZES, "q_lora_rank": 128,
+                                                   "moe_intermediate_size": 128, **changes})
     bf16 = init_random_(GLM52ForCausalLM(config), 0).to(torch.bfloat16)
     fp8 = quantize_checkpoint(save_checkpoint(bf16, tmp_path / "bf16"), tmp_path / "fp8")
-    model = GLM52ForCausalLM.from_pretrained(fp8, fp8_compute="fp8", indexer_precision="fp8")
+    return GLM52ForCausalLM.from_pretrained(fp8, fp8_compute="fp8", indexer_precision="fp8")
+
+
+@pytest.mark.parametrize("backend,spec_steps,layers", [("eager", 0, 4), ("eager", 2, 4), ("inductor", 0, 2)])
+def test_compiled_decode_of_fp8_kernel_cache_model(tmp_path, backend, spec_steps, layers):
+    """The GLM-5.x-shaped path compiles whole, with a split-KV decode plan (its part count and
+    workspace size, host arithmetic, are compile-time constants): the eager backend traces exactly
+    what inductor compiles (fast, speculating too); inductor lowers it (the FP8 ops' optional
+    workspaces are allocated inside the graph: a None mutable argument does not lower)."""
+    model = fp8_kernel_cache_model(tmp_path, num_hidden_layers=layers)
     batch = prompts(model.config, (5, 20))
     tokens = []
-    for compiled in (None, "eager"):
+    for compiled in (None, backend):
         engine = Engine(model, spec_steps=spec_steps, cache_bytes=16 << 20, compiled_decode=compiled)
         engine.cache.split_decode = True
         tokens.append(engine.generate(batch, 4).tokens)

@@ -57,6 +57,7 @@ def grouped_gemm_config(m: int, layout: str = "masked") -> str:
     return torch.ops.glm52.grouped_gemm_config(layout, m)
 
 
+@torch.compiler.assume_constant_result  # a host query: a compile-time constant for torch.compile
 def fp8_grouped_gemm_workspace_bytes(groups: int) -> int:
     """Bytes of device scratch :func:`fp8_grouped_gemm_contiguous`, :func:`fp8_grouped_gemm_masked`
     (``groups`` = experts E) and :func:`fp8_gemm` (``groups = 1``) use at most, whichever
@@ -65,11 +66,22 @@ def fp8_grouped_gemm_workspace_bytes(groups: int) -> int:
     return torch.ops.glm52.fp8_grouped_gemm_workspace_bytes(groups)
 
 
+@torch.compiler.assume_constant_result  # a host query: a compile-time constant for torch.compile
 def moe_permute_workspace_bytes(routed: int, num_experts: int) -> int:
     """Bytes of device scratch :func:`moe_permute` and :func:`moe_permute_masked` use at most for
     ``routed = T * top_k`` entries over ``num_experts`` experts: the size of their optional
     ``workspace`` (uint8, 16-byte aligned)."""
     return torch.ops.glm52.moe_permute_workspace_bytes(routed, num_experts)
+
+
+def _compiled_workspace(workspace: torch.Tensor | None, nbytes, like: torch.Tensor) -> torch.Tensor | None:
+    """The op's ``workspace``, allocated here while torch.compile traces when the caller left it out:
+    inductor cannot lower a mutable optional argument that is None (functionalization gives it no
+    base), so a compiled graph allocates the scratch the eager op would take from the allocator.
+    ``nbytes``: a callable giving its size."""
+    if workspace is None and torch.compiler.is_compiling():
+        return torch.empty(nbytes(), dtype=torch.uint8, device=like.device)
+    return workspace
 
 
 def fp8_grouped_gemm_contiguous(
@@ -108,6 +120,7 @@ def fp8_grouped_gemm_contiguous(
         128 (others are rejected); the CPU kernel takes any N and K (partial blocks). No host
         synchronization on CUDA.
     """
+    workspace = _compiled_workspace(workspace, lambda: fp8_grouped_gemm_workspace_bytes(b.shape[0]), a)
     if out is None:
         return torch.ops.glm52.fp8_grouped_gemm_contiguous(a, a_scale, b, b_scale, m_indices, workspace)
     torch.ops.glm52.fp8_grouped_gemm_contiguous_out(a, a_scale, b, b_scale, m_indices, workspace, out=out)
@@ -149,6 +162,7 @@ def fp8_grouped_gemm_masked(
     torch.Tensor
         ``[E, m_max, N]`` bfloat16; rows at or past ``masked_m[e]`` are unspecified.
     """
+    workspace = _compiled_workspace(workspace, lambda: fp8_grouped_gemm_workspace_bytes(b.shape[0]), a)
     if out is None:
         return torch.ops.glm52.fp8_grouped_gemm_masked(a, a_scale, b, b_scale, masked_m, expected_m, workspace)
     torch.ops.glm52.fp8_grouped_gemm_masked_out(a, a_scale, b, b_scale, masked_m, expected_m, workspace, out=out)
@@ -172,6 +186,7 @@ def fp8_gemm(
     :func:`grouped_gemm_config`); N and K must be multiples of 128 there. ``workspace``: optional
     uint8 scratch of :func:`fp8_grouped_gemm_workspace_bytes` ``(1)`` bytes.
     """
+    workspace = _compiled_workspace(workspace, lambda: fp8_grouped_gemm_workspace_bytes(1), a)
     if out is None:
         return torch.ops.glm52.fp8_gemm(a, a_scale, b, b_scale, workspace)
     torch.ops.glm52.fp8_gemm_out(a, a_scale, b, b_scale, workspace, out=out)
@@ -262,6 +277,7 @@ def moe_permute(
     """
     if alignment is None:
         alignment = grouped_gemm_m_alignment()
+    workspace = _compiled_workspace(workspace, lambda: moe_permute_workspace_bytes(ids.numel(), num_experts), x)
     return torch.ops.glm52.moe_permute(x, x_scale, ids, num_experts, alignment, workspace)
 
 
@@ -300,6 +316,7 @@ def moe_permute_masked(
         :func:`moe_unpermute` over the ``[E * T, N]`` GEMM output combines them. Rows at or past
         ``masked_m[e]`` are unspecified. No host sync (CUDA-graph safe).
     """
+    workspace = _compiled_workspace(workspace, lambda: moe_permute_workspace_bytes(ids.numel(), num_experts), x)
     return torch.ops.glm52.moe_permute_masked(x, x_scale, ids, num_experts, workspace)
 
 
