@@ -153,7 +153,7 @@ class Engine:
         def graphs(forward, pads):
             if not (cuda_graphs or backend):
                 return None
-            return DecodeGraphs(forward, pads, CompiledStep(forward, backend) if backend else GraphReplay(forward))
+            return DecodeGraphs(CompiledStep(forward, backend) if backend else GraphReplay(forward), pads)
         self.graphs = graphs(self._decode_forward, (0, -1, -1))
         self.draft_graphs = graphs(self._mtp_forward, (0, 0, -1, -1))
         self.shared_draft_graphs = graphs(self._mtp_forward, (0, 0, -1, -1, -1))

@@ -108,17 +108,16 @@ class _Prepared:
 
 class DecodeGraphs:
     """``graphs(*inputs)`` -> what ``forward(*inputs)`` returns (a tuple of tensors with the batch
-    first), run by ``runner`` (default: :class:`GraphReplay` of ``forward``) from buffers prepared
-    per (batch bucket, input shapes and dtypes).
+    first), run by ``runner`` (:class:`GraphReplay` or :class:`CompiledStep` of ``forward``) from
+    buffers prepared per (batch bucket, input shapes and dtypes).
 
     ``pads[i]``: the value the padding rows of input i hold (ids and hidden states 0; positions,
     block tables and top-k −1). The results may be views of the runner's output buffers: read them
     before the next call of the same graphs.
     """
 
-    def __init__(self, forward: Forward, pads: tuple[int, ...] = (0, -1, -1), runner=None) -> None:
-        self.pads = pads
-        self.runner = runner if runner is not None else GraphReplay(forward)
+    def __init__(self, runner: GraphReplay | CompiledStep, pads: tuple[int, ...] = (0, -1, -1)) -> None:
+        self.runner, self.pads = runner, pads
         self.captured: dict[tuple, _Prepared] = {}
 
     def __call__(self, *inputs: torch.Tensor) -> tuple[torch.Tensor, ...]:
