@@ -18,7 +18,9 @@ With ``--device cuda``: the step time of plain decoding eager vs CUDA-graph repl
 
 Targets (issue 11): <= 1 sync per plain step, <= 2 per speculative round, <= 60 ops per layer on
 the GLM-5.x-shaped model, tiny model >= 4x the plain tokens/s measured before the work (about 20 ms
-per token on 2 cores, i.e. 50 tokens/s) and speculation with a perfect drafter >= 2.5x plain.
+per token on 2 cores, i.e. 50 tokens/s) and speculation with a perfect drafter >= 2.5x plain. The
+speculative rows also give the speedup this machine allows, from the same run's forward times:
+``4 x plain step / (4-token verification + 3 MTP forwards)``.
 """
 
 from __future__ import annotations
@@ -75,20 +77,38 @@ def step_costs(model: GLM52ForCausalLM, spec_steps: int, steps: int = 3) -> tupl
             1e6 * result.seconds / max(result.verify_steps, 1))
 
 
+def _timed(engine: Engine, name: str, spent: dict[str, list[float]]) -> None:
+    """Record the seconds of every call of ``engine.<name>`` in ``spent[name]``."""
+    method = getattr(engine, name)
+
+    def timed(*args, **kwargs):
+        start = time.perf_counter()
+        out = method(*args, **kwargs)
+        spent.setdefault(name, []).append(time.perf_counter() - start)
+        return out
+    setattr(engine, name, timed)
+
+
 def tokens_per_second(model: GLM52ForCausalLM, spec_steps: int, batch: int, new_tokens: int,
-                      compiled: bool = False) -> tuple[float, float, float]:
-    """(tokens/s, seconds per token, compile seconds). The warm-up is the timed request itself, so
-    it meets every shape the timed run does; compile seconds are its time beyond the timed run's."""
+                      compiled: bool = False) -> tuple[float, float, float, dict[str, float]]:
+    """(tokens/s, seconds per token, compile seconds, mean seconds of a target decode forward
+    (``_target``: the plain step or the verification) and of an MTP forward (``_mtp``)). The warm-up
+    is the timed request itself, so it meets every shape the timed run does; compile seconds are
+    its time beyond the timed run's."""
     engine = Engine(model, spec_steps=spec_steps, cache_bytes=64 << 20, compiled_decode=compiled)
     batch_prompts = prompts(model.config, batch)
     start = time.perf_counter()
     engine.generate(batch_prompts, new_tokens)  # warm-up (and compilation)
     warm_up = time.perf_counter() - start
+    spent: dict[str, list[float]] = {}
+    for name in ("_target", "_mtp"):
+        _timed(engine, name, spent)
     start = time.perf_counter()
     result = engine.generate(batch_prompts, new_tokens)
     seconds = time.perf_counter() - start
     produced = sum(len(t) for t in result.tokens)
-    return produced / seconds, seconds / produced, warm_up - seconds if compiled else float("nan")
+    forwards = {name: sum(t) / len(t) for name, t in spent.items()}
+    return produced / seconds, seconds / produced, warm_up - seconds if compiled else float("nan"), forwards
 
 
 def cpu_rows(device: str, quick: bool) -> list[dict]:
@@ -109,16 +129,23 @@ def cpu_rows(device: str, quick: bool) -> list[dict]:
     for compiled in (False,) if quick or device != "cpu" else (False, True):
         how = ", compiled" if compiled else ""
         progress(f"tiny model{how}: plain and speculative decoding")
-        plain_tps, plain_s, plain_compile = tokens_per_second(tiny, 0, 1, new_tokens, compiled)
+        plain_tps, plain_s, plain_compile, plain_fwd = tokens_per_second(tiny, 0, 1, new_tokens, compiled)
         rows.append({"figure": f"tiny plain decode{how}", "syncs_per_step": syncs if not compiled else float("nan"),
                      "ops_per_layer": ops if not compiled else float("nan"), "time_us": 1e6 * plain_s,
                      "tokens/s": plain_tps, "compile_s": plain_compile, "baseline": "50 tokens/s (before issue 11)",
                      "frac_of_target": plain_tps / (4 * BASELINE_TINY_TOKENS_PER_S)})
-        spec_tps, spec_s, spec_compile = tokens_per_second(tiny, 3, 1, new_tokens, compiled)
+        spec_tps, spec_s, spec_compile, spec_fwd = tokens_per_second(tiny, 3, 1, new_tokens, compiled)
+        # What this machine allows: a round emits 4 tokens for one 4-token verification and 3 MTP
+        # forwards, against 4 plain steps (a GPU's memory-bound decode makes the verification cost
+        # about one plain step; a CPU's compute on a tiny model does not).
+        verify, plain, mtp = spec_fwd["_target"], plain_fwd["_target"], spec_fwd["_mtp"]
+        ceiling = 4 * plain / (verify + 3 * mtp)
         rows.append({"figure": f"tiny spec MTP x3, perfect drafter{how}", "syncs_per_step": float("nan"),
                      "ops_per_layer": float("nan"), "time_us": 1e6 * spec_s, "tokens/s": spec_tps,
                      "compile_s": spec_compile, "baseline": f"tiny plain decode{how}",
-                     "frac_of_target": spec_tps / plain_tps / 2.5})
+                     "speedup": spec_tps / plain_tps, "verify_over_plain_step": verify / plain,
+                     "mtp_over_plain_step": mtp / plain, "speedup_ceiling": ceiling,
+                     "frac_of_ceiling": spec_tps / plain_tps / ceiling, "frac_of_target": spec_tps / plain_tps / 2.5})
     return rows
 
 

@@ -111,16 +111,17 @@ def environment(device: str) -> dict:
 
 
 def report(name: str, rows: list[dict], meta: dict, out_dir: Path) -> None:
-    """Print rows as a table (stdout) and write <out_dir>/<name>.json and .csv."""
+    """Print rows as a table (stdout) and write <out_dir>/<name>.json and .csv; a row may lack
+    some columns (left blank)."""
     if not rows:
         progress(f"{name}: no rows")
         return
-    columns = list(rows[0])
-    widths = {c: max(len(c), *(len(_fmt(r[c])) for r in rows)) for c in columns}
+    columns = list(dict.fromkeys(c for r in rows for c in r))  # every row's columns, first seen first
+    widths = {c: max(len(c), *(len(_fmt(r.get(c, ""))) for r in rows)) for c in columns}
     print(f"\n== {name} on {meta['device']} (commit {meta['commit']}) ==")
     print("  ".join(c.rjust(widths[c]) for c in columns))
     for row in rows:
-        print("  ".join(_fmt(row[c]).rjust(widths[c]) for c in columns))
+        print("  ".join(_fmt(row.get(c, "")).rjust(widths[c]) for c in columns))
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / f"{name}.json").write_text(json.dumps({"name": name, **meta, "rows": rows}, indent=1))
     with open(out_dir / f"{name}.csv", "w", newline="") as f:

@@ -33,6 +33,7 @@ from . import kernels
 from .counters import OpCounter, OpCounts
 from .graphs import CompiledStep, DecodeGraphs, GraphReplay
 from .kv_cache import BLOCK_SIZE, BlockAllocator, CacheFullError, CacheView, PagedKVCache
+from .lockstep import LockstepDecode
 from .model import GLM52ForCausalLM
 
 
@@ -133,11 +134,13 @@ class Engine:
         else:
             self.cache, self.allocator = cp.paged_cache(config, cache_bytes, self.dtype, self.device, cache_format)
         handle = getattr(model, "parallel", None)
-        # Uncaptured collectives: context parallelism's, and the exact EP dispatch's (a host read of
-        # the peers' counts); a graph replayed on one DP group would also desynchronize its peers.
+        dispatching = handle is not None and handle.config.moe_mode == "dispatch"
+        # Expert dispatch across DP groups: decode steps in lockstep with capacity rounds (glm52.lockstep).
+        self.lockstep = LockstepDecode(model, spec_steps) if dispatching else None
+        # Collectives not captured: context parallelism's, and the EP dispatch's (its prefill reads the
+        # peers' counts on the host; its decode agrees on a batch between steps).
         uncaptured = ("context parallelism" if cp is not None else
-                      "expert dispatch across DP groups" if handle is not None and handle.config.moe_mode == "dispatch"
-                      else None)
+                      "expert dispatch across DP groups" if dispatching else None)
         backend = "inductor" if compiled_decode is True else compiled_decode or None
         if cuda_graphs is None:
             cuda_graphs = self.device.type == "cuda" and uncaptured is None and backend is None
@@ -203,6 +206,8 @@ class Engine:
         lengths = [len(n) for n in new] if isinstance(new, list) else [new.shape[1]] * len(seqs)
         positions, table = self._table(seqs, [list(range(s, s + n)) for s, n in zip(start, lengths)])
         ids = self._ids(new, positions.shape[1]) if isinstance(new, list) else new
+        if decode and self.lockstep is not None:
+            self.lockstep.dispatch(positions.shape[1])
         forward = self.graphs if decode and self.graphs is not None else self._decode_forward
         return forward(ids, positions, table)
 
@@ -257,6 +262,8 @@ class Engine:
         for row, s in enumerate(seqs):
             hidden[row, : s.fresh_hidden.shape[0]] = s.fresh_hidden
             next_ids.append(s.tokens[s.fresh_from + 1: s.fresh_from + 1 + s.fresh_hidden.shape[0]])
+        if self.lockstep is not None:
+            self.lockstep.dispatch(n + 1)  # at most n + 1 fresh positions, whatever this rank's width
         out, logits, topk = self._mtp(hidden, self._ids(next_ids, width), padded, table)
         last = (padded >= 0).sum(dim=1) - 1  # each row's last fresh position, on the device
         rows = torch.arange(len(seqs), device=self.device)
@@ -266,6 +273,8 @@ class Engine:
             if j:
                 pos = [[s.fresh_from + s.fresh_hidden.shape[0] - 1 + j] for s in seqs]
                 inputs = (h, drafts[-1][:, None], *self._table(seqs, pos))
+                if self.lockstep is not None:
+                    self.lockstep.dispatch(1)
                 shares = self.config.index_share_for_mtp_iteration
                 h, step_logits, _ = self._mtp(*inputs, shared) if shares else self._mtp(*inputs)
                 step_logits = step_logits[:, 0]
@@ -279,6 +288,27 @@ class Engine:
     @torch.no_grad()
     def generate(self, prompts: list[list[int]], max_new_tokens: int,
                  sampling: SamplingParams | None = None) -> GenerationResult:
+        """Generate up to ``max_new_tokens`` for each prompt. Under expert dispatch across DP
+        groups every rank of the EP group must call this (or :meth:`serve_peers`) together: it
+        returns when every peer is done (:mod:`glm52.lockstep`)."""
+        if self.lockstep is None:
+            return self._generate(prompts, max_new_tokens, sampling)
+        self.lockstep.begin()
+        try:
+            return self._generate(prompts, max_new_tokens, sampling)
+        finally:
+            self.lockstep.finish()
+
+    @torch.no_grad()
+    def serve_peers(self) -> None:
+        """For a rank with no requests: answer the EP peers' expert dispatch until every one of
+        them is done generating (a no-op unless the model dispatches experts across DP groups)."""
+        if self.lockstep is not None:
+            self.lockstep.begin()
+            self.lockstep.finish()
+
+    def _generate(self, prompts: list[list[int]], max_new_tokens: int,
+                  sampling: SamplingParams | None) -> GenerationResult:
         sp = sampling or SamplingParams(temperature=0.0)
         if max_new_tokens < 1:
             raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
@@ -298,11 +328,15 @@ class Engine:
         start = time.perf_counter()
         try:
             self._prefill(seqs, sp)
+            if self.lockstep is not None:
+                self.lockstep.prefill_done()
             for s in seqs:
                 self._finish_if_done(s, max_new_tokens)
             steps, emitted, per_step = 0, 0, []
             self.step_counts = []
             while live := [s for s in seqs if not s.done]:
+                if self.lockstep is not None:
+                    self.lockstep.agree(len(live))  # host integers between steps, not a device read
                 n_out = self._counted_step(live, sp)
                 steps += 1
                 emitted += sum(n_out)

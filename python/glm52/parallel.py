@@ -22,9 +22,10 @@ The parallel model is the single-process model with some modules swapped for sha
   fixed capacity (``dispatch="capacity"``: no host read, static shapes, CUDA-graph friendly).
 
 A rank whose data-parallel group has run out of work must keep answering its EP peers until every
-one of them is done: :func:`serve_experts` (called by :func:`generate`) does that. Every dispatch
-round starts with a small header exchange (active flag, layer, mode, row count) so that a rank can
-serve the rows of a peer that is at another layer.
+one of them is done: :func:`serve_experts` does that. Every dispatch round starts with a small
+header exchange (active flag, layer, mode, row count) so that a rank can serve the rows of a peer
+that is at another layer. The engine prefills with exact dispatch and decodes in lockstep with
+capacity dispatch (:mod:`glm52.lockstep`).
 """
 
 from __future__ import annotations
@@ -112,6 +113,7 @@ class ParallelHandle:
     dp_group: object = None  # the ranks with this tp_rank, one per data-parallel group
     ep_group: object = None
     cp_group: object = None  # cp consecutive ranks of the TP group (None when cp = 1)
+    capacity_rounds: int = 0  # capacity dispatch rounds taken part in (lockstep decode resumes a failed step)
 
     def __post_init__(self) -> None:
         if not 0 <= self.rank < self.config.world_size:
@@ -417,6 +419,7 @@ def dispatch_combine(moe: ParallelMoE, x: torch.Tensor, weights: torch.Tensor, i
         y = _serve(moe.registry, got, x, [moe.index] * pc.ep, [cap] * pc.ep)
         back = _all_to_all(_bytes(y), pc.ep * cap, None, None, handle.ep_group)
         pair_y = back.view(x.dtype).view(-1, x.shape[1])[slot]
+        handle.capacity_rounds += 1
     return _combine(pair_y.view(t, k, x.shape[1]), weights, x.dtype)
 
 
@@ -496,12 +499,20 @@ def serve_experts(model: nn.Module) -> int:
             y = _serve(registry, got, empty, layers, recv)
             _all_to_all(_bytes(y), 0, recv, [0] * ep, handle.ep_group)
         else:
-            cap, layer = active[0][_ROWS], active[0][_LAYER]
-            buf = _pack(torch.zeros(ep * cap, empty.shape[1], dtype=empty.dtype, device=device),
-                        torch.full((ep * cap,), -1, dtype=torch.int64, device=device))
-            got = _all_to_all(buf, ep * cap, None, None, handle.ep_group)
-            y = _serve(registry, got, empty, [layer] * ep, [cap] * ep)
-            _all_to_all(_bytes(y), ep * cap, None, None, handle.ep_group)
+            _serve_capacity_round(registry, active[0][_LAYER], active[0][_ROWS], empty)
+
+
+def _serve_capacity_round(registry: list, layer: int, cap: int, empty: torch.Tensor) -> None:
+    """The data half of a capacity round, from a rank with no tokens of its own: send ``cap`` padding
+    rows to every peer, compute MoE layer ``layer``'s experts on the rows received, send them back."""
+    handle = registry[layer].handle
+    ep, device = handle.config.ep, empty.device
+    buf = _pack(torch.zeros(ep * cap, empty.shape[1], dtype=empty.dtype, device=device),
+                torch.full((ep * cap,), -1, dtype=torch.int64, device=device))
+    got = _all_to_all(buf, ep * cap, None, None, handle.ep_group)
+    y = _serve(registry, got, empty, [layer] * ep, [cap] * ep)
+    _all_to_all(_bytes(y), ep * cap, None, None, handle.ep_group)
+    handle.capacity_rounds += 1
 
 
 # ---- the parallel model ------------------------------------------------------------------------------
@@ -604,11 +615,11 @@ def generate(engine, prompts: list[list[int]], max_new_tokens: int, sampling=Non
     mine = share(len(prompts), handle)
     error = None
     try:
-        result = engine.generate([prompts[i] for i in mine], max_new_tokens, sampling) if len(mine) else None
+        result = engine.generate([prompts[i] for i in mine], max_new_tokens, sampling) if len(mine) else \
+            engine.serve_peers()
     except Exception as e:  # every rank must still reach the collectives below, or its peers hang
         kind = "value" if isinstance(e, ValueError) else "cache" if isinstance(e, CacheFullError) else "runtime"
         result, error = None, (kind, f"rank {handle.rank}: {type(e).__name__}: {e}")
-    serve_experts(engine.model)
     gathered = [None] * handle.world_size
     dist.all_gather_object(gathered, (handle.dp_rank, handle.tp_rank, result, error))
     errors = [e for *_, e in gathered if e]
