@@ -36,26 +36,29 @@ class _FailingAllocator(BlockAllocator):
     def reserve(self, seq_id: int, tokens: int) -> None:
         self.calls += 1
         if self.calls == 8:
-            self.failed_after = self.lockstep.handle.capacity_rounds - self.lockstep.step_start
+            self.failed_after = self.lockstep.next_forward
             raise CacheFullError("the test's allocator is full")
         super().reserve(seq_id, tokens)
 
 
-def _case(model, prompts, spec_steps: int) -> dict:
-    engine = Engine(model, cache_bytes=8 << 20, spec_steps=spec_steps)
-    engine.count_step_ops = True
-    rounds = model.parallel.capacity_rounds if hasattr(model, "parallel") else 0
+def _case(model, prompts, spec_steps: int, compiled: str | None = None) -> dict:
+    engine = Engine(model, cache_bytes=8 << 20, spec_steps=spec_steps, compiled_decode=compiled)
+    engine.count_step_ops = compiled is None  # the counter sees compiled regions as opaque calls
     result = parallel.generate(engine, prompts, NEW_TOKENS)
     engine.allocator.check()
+    lockstep = engine.lockstep
     return dict(tokens=None if result is None else result.tokens, syncs=[c.syncs for c in engine.step_counts],
-                steps=len(engine.step_counts), capacity_rounds=getattr(model, "parallel", None) and
-                model.parallel.capacity_rounds - rounds, free=engine.allocator.num_free == engine.allocator.num_blocks)
+                steps=len(engine.step_counts), free=engine.allocator.num_free == engine.allocator.num_blocks,
+                forwards=lockstep and (lockstep.forwards_run, lockstep.forwards_served),
+                prepared=engine.graphs and sorted(map(str, engine.graphs.captured)))
 
 
 def _worker(rank: int, ckpt) -> dict:
     handle = init_parallel(ParallelConfig(dp=2, ep=2), timeout_s=60)
     model = GLM52ForCausalLM.from_pretrained(ckpt, dtype=torch.float32, parallel=handle)
     out = {(n, len(p)): _case(model, p, n) for n in (0, 3) for p in (PROMPTS, PROMPTS[:1])}
+    # Compiled forwards (fullgraph, gloo collectives inside): the peers prepare the same shapes.
+    out["compiled"] = _case(model, PROMPTS, 3, compiled="eager")
     # Rank 1's cache runs out in the middle of its second speculative round, after the MTP catch-up
     # forward's capacity round: it serves the rest of that step, then every rank raises.
     engine = Engine(model, cache_bytes=8 << 20, spec_steps=3)
@@ -68,7 +71,7 @@ def _worker(rank: int, ckpt) -> dict:
     except CacheFullError as e:
         out["failure"] = str(e)
     if rank == 1:
-        out["failed_after_rounds"] = engine.allocator.failed_after
+        out["failed_after_forwards"] = engine.allocator.failed_after
     return out
 
 
@@ -84,12 +87,15 @@ def test_lockstep_decode_matches_one_process_without_host_reads(ckpt, tmp_path):
             assert r["free"], key
             # One host read per decode step (the emitted tokens): no exact dispatch while decoding.
             assert r["syncs"] == [1] * r["steps"], (key, r["syncs"])
-        # Every rank ran capacity rounds, the group without requests (one prompt: rank 1) included,
-        # as many as the group that decoded longest.
-        assert lead["capacity_rounds"] == other["capacity_rounds"] > 0, key
+        # Both ranks took part in every decode forward (run with tokens, or served without), the
+        # group without requests (one prompt: rank 0) included.
+        assert sum(lead["forwards"]) == sum(other["forwards"]) > 0, key
+    lead, other = ranks[0]["compiled"], ranks[1]["compiled"]
+    assert lead["tokens"] == want[(3, len(PROMPTS))]
+    assert lead["prepared"] == other["prepared"] and lead["prepared"], (lead["prepared"], other["prepared"])
     for r in ranks:
         assert r["failure"] is not None and "rank 1: CacheFullError: the test's allocator" in r["failure"], r
-    assert ranks[1]["failed_after_rounds"] == 1  # the MTP catch-up's; the rest was served
+    assert ranks[1]["failed_after_forwards"] == 1  # the MTP catch-up; the rest of the step was served
 
 
 def test_lockstep_schedule_follows_the_step():
@@ -103,8 +109,8 @@ def test_lockstep_schedule_follows_the_step():
     main = config.num_hidden_layers - config.first_k_dense_replace  # MoE layers of the target
     assert plain.forwards() == [(list(range(main)), 1)]
     assert spec.forwards() == [([main], 4), ([main], 1), ([main], 1), (list(range(main)), 4)]
-    spec.batch = 3  # 3 sequences x 4 tokens over 2 TP ranks: 6 tokens per rank; 4 experts per rank, k = 4
-    per = config.n_routed_experts // 4
-    assert spec.capacity(4) == 6 and spec.capacity(1) == 2
-    assert spec.rounds()[0] == (main, 6 * min(config.num_experts_per_tok, per))
-    assert len(spec.rounds()) == 3 + main
+    spec.batch = 4  # a batch bucket of 4 sequences x 4 tokens over 2 TP ranks: 8 tokens per rank
+    per = config.n_routed_experts // 4  # experts per rank; a token sends at most min(k, per) rows to one
+    assert spec.capacity(4) == 8 and spec.capacity(1) == 2
+    assert spec.rounds(4, [main]) == [(main, 8 * min(config.num_experts_per_tok, per))]
+    assert spec.rounds(1, list(range(main))) == [(i, 2 * min(config.num_experts_per_tok, per)) for i in range(main)]

@@ -101,7 +101,9 @@ class Engine:
     on the device after every draw). ``cuda_graphs`` (default: on for CUDA) captures the decode
     target forwards (the plain step and the verification) and the MTP draft forwards (the catch-up
     over the fresh positions and each later draft step) per (batch bucket, input shapes) and replays
-    them (:mod:`glm52.graphs`). ``compiled_decode`` runs the same forwards, per the same buckets,
+    them (:mod:`glm52.graphs`); under expert dispatch across DP groups, per the batch bucket and
+    block-table width all EP peers agreed on for the step (:mod:`glm52.lockstep`).
+    ``compiled_decode`` runs the same forwards, per the same buckets,
     compiled by ``torch.compile`` instead (``True``: inductor, or a backend's name): the CPU
     analogue of graph replay, off by default because the first step of each new shape compiles
     (one to two minutes per shape for the tiny demo model on 2 cores; later processes reuse inductor's
@@ -137,10 +139,10 @@ class Engine:
         dispatching = handle is not None and handle.config.moe_mode == "dispatch"
         # Expert dispatch across DP groups: decode steps in lockstep with capacity rounds (glm52.lockstep).
         self.lockstep = LockstepDecode(model, spec_steps) if dispatching else None
-        # Collectives not captured: context parallelism's, and the EP dispatch's (its prefill reads the
-        # peers' counts on the host; its decode agrees on a batch between steps).
-        uncaptured = ("context parallelism" if cp is not None else
-                      "expert dispatch across DP groups" if dispatching else None)
+        # Context parallelism's collectives are not captured (its decode forwards read nothing on the
+        # host, but its paged cache is striped: not written for CUDA graphs). Expert dispatch is:
+        # lockstep decode gives every EP peer the same shapes at the same forward.
+        uncaptured = "context parallelism" if cp is not None else None
         backend = "inductor" if compiled_decode is True else compiled_decode or None
         if cuda_graphs is None:
             cuda_graphs = self.device.type == "cuda" and uncaptured is None and backend is None
@@ -167,18 +169,36 @@ class Engine:
         self.step_counts: list[OpCounts] = []
 
     # ---- one forward over chosen positions ------------------------------------------------
-    def _table(self, seqs: list[_Sequence], positions: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+    def _table(self, seqs: list[_Sequence], positions: list[list[int]], width: int = 0,
+               ) -> tuple[torch.Tensor, torch.Tensor]:
         """Reserve blocks for ``positions[i]`` of ``seqs[i]`` and return the device ``positions``
-        (ragged, −1 padded) and block table, its width rounded up to a power of two (few shapes
-        for CUDA graphs and compilation). Host values only."""
-        width = max(len(p) for p in positions)
+        (ragged, −1 padded to at least ``width`` columns) and block table, its width rounded up to a
+        power of two (few shapes for CUDA graphs and compilation; under lockstep decode with them,
+        the width every EP peer agreed on). Host values only."""
+        width = max(width, *(len(p) for p in positions))
         padded = torch.full((len(seqs), width), -1, dtype=torch.int64)
         for row, (seq, pos) in enumerate(zip(seqs, positions)):
             self.allocator.reserve(seq.seq_id, pos[-1] + 1)
             padded[row, : len(pos)] = torch.tensor(pos)
         blocks = max(len(self.allocator.tables[s.seq_id]) for s in seqs)
-        table = self.allocator.block_table([s.seq_id for s in seqs], 1 << (blocks - 1).bit_length())
+        blocks = 1 << (blocks - 1).bit_length()
+        if self._shared_shapes:
+            blocks = max(blocks, self.lockstep.blocks)
+        table = self.allocator.block_table([s.seq_id for s in seqs], blocks)
         return self._upload(padded), self._upload(table)
+
+    @property
+    def _shared_shapes(self) -> bool:
+        """Lockstep decode with prepared forwards: every EP peer must prepare the same shapes."""
+        return self.lockstep is not None and self.graphs is not None and self.lockstep.phase == "decode"
+
+    def _dispatch(self, width: int) -> dict:
+        """Before a decode forward of ``width`` tokens per sequence: under lockstep decode, its
+        capacity dispatch; -> the options of its :class:`DecodeGraphs` call (the shared batch
+        bucket, and the capacity its graph holds)."""
+        if self.lockstep is None:
+            return {}
+        return dict(bucket=self.lockstep.batch, key=(self.lockstep.dispatch(width),))
 
     def _upload(self, host: torch.Tensor) -> torch.Tensor:
         """A host-built tensor on the model's device. On CUDA through pinned memory without blocking:
@@ -206,10 +226,12 @@ class Engine:
         lengths = [len(n) for n in new] if isinstance(new, list) else [new.shape[1]] * len(seqs)
         positions, table = self._table(seqs, [list(range(s, s + n)) for s, n in zip(start, lengths)])
         ids = self._ids(new, positions.shape[1]) if isinstance(new, list) else new
-        if decode and self.lockstep is not None:
-            self.lockstep.dispatch(positions.shape[1])
-        forward = self.graphs if decode and self.graphs is not None else self._decode_forward
-        return forward(ids, positions, table)
+        if not decode:
+            return self._decode_forward(ids, positions, table)
+        options = self._dispatch(positions.shape[1])
+        if self.graphs is None:
+            return self._decode_forward(ids, positions, table)
+        return self.graphs(ids, positions, table, **options)
 
     def _decode_forward(self, ids: torch.Tensor, positions: torch.Tensor, table: torch.Tensor,
                         ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -229,10 +251,12 @@ class Engine:
         view = CacheView.from_block_table(self.cache, table, positions, table.shape[1] * BLOCK_SIZE)
         return self.model.mtp(hidden, next_ids, view=view, shared_topk=shared_topk, check_values=False)
 
-    def _mtp(self, *inputs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """:meth:`_mtp_forward`, replayed from CUDA graphs or compiled when on."""
+    def _mtp(self, width: int, *inputs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """:meth:`_mtp_forward` of ``width`` tokens per sequence at most, replayed from CUDA graphs
+        or compiled when on."""
+        options = self._dispatch(width)
         graphs = self.draft_graphs if len(inputs) == 4 else self.shared_draft_graphs
-        return (graphs or self._mtp_forward)(*inputs)
+        return self._mtp_forward(*inputs) if graphs is None else graphs(*inputs, **options)
 
     # ---- sampling -------------------------------------------------------------------------------
     def _probs(self, logits: torch.Tensor, sp: SamplingParams) -> torch.Tensor:
@@ -255,16 +279,15 @@ class Engine:
         n = self.spec_steps
         # Catch-up step over the fresh positions: position t pairs h_t with x_{t+1}.
         positions = [list(range(s.fresh_from, s.fresh_from + s.fresh_hidden.shape[0])) for s in seqs]
-        padded, table = self._table(seqs, positions)
+        # At most n + 1 fresh positions; every EP peer prepares that width when shapes are shared.
+        padded, table = self._table(seqs, positions, n + 1 if self._shared_shapes else 0)
         width = padded.shape[1]
         hidden = torch.zeros(len(seqs), width, self.config.hidden_size, dtype=self.dtype, device=self.device)
         next_ids = []
         for row, s in enumerate(seqs):
             hidden[row, : s.fresh_hidden.shape[0]] = s.fresh_hidden
             next_ids.append(s.tokens[s.fresh_from + 1: s.fresh_from + 1 + s.fresh_hidden.shape[0]])
-        if self.lockstep is not None:
-            self.lockstep.dispatch(n + 1)  # at most n + 1 fresh positions, whatever this rank's width
-        out, logits, topk = self._mtp(hidden, self._ids(next_ids, width), padded, table)
+        out, logits, topk = self._mtp(n + 1, hidden, self._ids(next_ids, width), padded, table)
         last = (padded >= 0).sum(dim=1) - 1  # each row's last fresh position, on the device
         rows = torch.arange(len(seqs), device=self.device)
         h, step_logits, shared = out[rows, last][:, None], logits[rows, last], topk[rows, last][:, None]
@@ -273,10 +296,8 @@ class Engine:
             if j:
                 pos = [[s.fresh_from + s.fresh_hidden.shape[0] - 1 + j] for s in seqs]
                 inputs = (h, drafts[-1][:, None], *self._table(seqs, pos))
-                if self.lockstep is not None:
-                    self.lockstep.dispatch(1)
                 shares = self.config.index_share_for_mtp_iteration
-                h, step_logits, _ = self._mtp(*inputs, shared) if shares else self._mtp(*inputs)
+                h, step_logits, _ = self._mtp(1, *inputs, shared) if shares else self._mtp(1, *inputs)
                 step_logits = step_logits[:, 0]
             token, q = self._next_tokens(step_logits, sp)
             drafts.append(token)
@@ -335,8 +356,9 @@ class Engine:
             steps, emitted, per_step = 0, 0, []
             self.step_counts = []
             while live := [s for s in seqs if not s.done]:
-                if self.lockstep is not None:
-                    self.lockstep.agree(len(live))  # host integers between steps, not a device read
+                if self.lockstep is not None:  # host integers between steps, not a device read
+                    need = self.allocator.blocks_for(max(len(s.tokens) for s in live) + self.spec_steps)
+                    self.lockstep.agree(len(live), 1 << (need - 1).bit_length())
                 n_out = self._counted_step(live, sp)
                 steps += 1
                 emitted += sum(n_out)

@@ -5,12 +5,14 @@ The decode forwards are functions of device tensors with the batch first and rea
 host: the target forward of ``ids``/``positions [B, T]`` and the block table ``[B, W]``
 (:meth:`glm52.engine.Engine._decode_forward`), and the MTP draft forward, which also takes the
 hidden states and, for later draft steps, the shared top-k (:meth:`glm52.engine.Engine._mtp_forward`).
-Each is prepared once per (batch bucket, input shapes) and run with new inputs copied into the
-prepared buffers. Batches are padded up to a power of two with padding rows (position −1,
-block table −1, top-k −1): they store nothing in the cache and every op is row-wise, so they
-never change the real rows. They are not free: the MoE routes them like any token (id 0), so
-they take grouped-GEMM rows (and, under expert dispatch, which the engine does not capture,
-capacity).
+Each is prepared once per (batch bucket, input shapes, extra key) and run with new inputs copied
+into the prepared buffers. Batches are padded up to a power of two (or a bucket the caller gives)
+with padding rows (position −1, block table −1, top-k −1): they store nothing in the cache and
+every op is row-wise, so they never change the real rows. They are not free: the MoE routes them
+like any token (id 0), so they take grouped-GEMM rows and, under expert dispatch, capacity.
+
+Every call runs the forward exactly once, the call that prepares a shape included: under expert
+dispatch each run is a round of collectives its EP peers answer once (:mod:`glm52.lockstep`).
 
 How a prepared shape runs is the runner's business: :class:`GraphReplay` captures a CUDA graph
 (written for CUDA and never run on a GPU in this repository's CI), :class:`CompiledStep` calls the
@@ -43,15 +45,16 @@ class GraphReplay:
         self._pool = None  # one memory pool shared by every captured graph
 
     def prepare(self, inputs: tuple[torch.Tensor, ...]) -> Callable[[], tuple[torch.Tensor, ...]]:
-        """Capture ``forward(*inputs)``; -> a call that replays it and returns the captured outputs
+        """Run ``forward(*inputs)`` once for real, then capture it; -> a call whose first use returns
+        that run's outputs and whose later uses replay the graph and return the captured outputs
         (overwritten by the next replay)."""
         device = inputs[0].device
-        # Warm up on a side stream first (lazy initialization and workspace allocations must not
-        # happen during capture); all-padding inputs write nothing into the cache.
+        # The real run goes first, on a side stream: lazy initialization and workspace allocations
+        # must not happen during capture. Capture itself executes nothing.
         side = torch.cuda.Stream(device)
         side.wait_stream(torch.cuda.current_stream(device))
         with torch.cuda.stream(side):
-            self.forward(*inputs)
+            first = [tuple(self.forward(*inputs))]
         torch.cuda.current_stream(device).wait_stream(side)
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph, pool=self._pool):
@@ -59,6 +62,8 @@ class GraphReplay:
         self._pool = graph.pool()
 
         def replay() -> tuple[torch.Tensor, ...]:
+            if first:
+                return first.pop()
             graph.replay()
             return outputs
         return replay
@@ -82,8 +87,8 @@ class CompiledStep:
         self.forward, self.backend = forward, backend
 
     def prepare(self, inputs: tuple[torch.Tensor, ...]) -> Callable[[], tuple[torch.Tensor, ...]]:
-        """Compile for the shapes of ``inputs`` now (all-padding inputs write nothing into the cache);
-        -> a call that runs the compiled step on them."""
+        """-> a call that runs the step compiled for the shapes of ``inputs`` on them (its first
+        use compiles: tracing executes nothing, so the step still runs once)."""
         forward = self.forward
 
         def step(*args: torch.Tensor) -> tuple[torch.Tensor, ...]:
@@ -92,9 +97,12 @@ class CompiledStep:
         # recompile_limit=1: a second entry (which would make guards matter again) fails loudly.
         compiled = torch.compile(step, backend=self.backend, fullgraph=True, dynamic=False, options=options,
                                  isolate_recompiles=True, recompile_limit=1)
-        compiled(*inputs)
+        compiled_once = []
 
         def run() -> tuple[torch.Tensor, ...]:
+            if not compiled_once:  # the first call compiles, under the default stance
+                compiled_once.append(True)
+                return tuple(compiled(*inputs))
             with torch.compiler.set_stance(skip_guard_eval_unsafe=True):
                 return tuple(compiled(*inputs))
         return run
@@ -107,9 +115,11 @@ class _Prepared:
 
 
 class DecodeGraphs:
-    """``graphs(*inputs)`` -> what ``forward(*inputs)`` returns (a tuple of tensors with the batch
-    first), run by ``runner`` (:class:`GraphReplay` or :class:`CompiledStep` of ``forward``) from
-    buffers prepared per (batch bucket, input shapes and dtypes).
+    """``graphs(*inputs, bucket=None, key=())`` -> what ``forward(*inputs)`` returns (a tuple of
+    tensors with the batch first), run by ``runner`` (:class:`GraphReplay` or :class:`CompiledStep`
+    of ``forward``) from buffers prepared per (batch bucket, input shapes and dtypes, ``key``).
+    ``bucket``: the prepared batch size (default :func:`batch_bucket` of the batch); ``key``: what
+    else the forward's graph depends on (hashable; the expert dispatch capacity).
 
     ``pads[i]``: the value the padding rows of input i hold (ids and hidden states 0; positions,
     block tables and top-k −1). The results may be views of the runner's output buffers: read them
@@ -120,20 +130,20 @@ class DecodeGraphs:
         self.runner, self.pads = runner, pads
         self.captured: dict[tuple, _Prepared] = {}
 
-    def __call__(self, *inputs: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    def __call__(self, *inputs: torch.Tensor, bucket: int | None = None, key: tuple = ()) -> tuple[torch.Tensor, ...]:
         if len(inputs) != len(self.pads):
             raise ValueError(f"expected {len(self.pads)} inputs (one per pad value), got {len(inputs)}")
         batch = inputs[0].shape[0]
-        key = (batch_bucket(batch),) + tuple((tuple(x.shape[1:]), x.dtype) for x in inputs)
-        entry = self.captured.get(key) or self._prepare(key, inputs)
-        for buffer, x, pad in zip(entry.inputs, inputs, self.pads):
+        bucket = batch_bucket(batch) if bucket is None else bucket
+        if bucket < batch:
+            raise ValueError(f"bucket ({bucket}) must hold the batch ({batch} rows)")
+        full = (bucket,) + tuple((tuple(x.shape[1:]), x.dtype) for x in inputs) + tuple(key)
+        entry = self.captured.get(full)
+        buffers = entry.inputs if entry else tuple(torch.empty((bucket, *x.shape[1:]), dtype=x.dtype, device=x.device)
+                                                   for x in inputs)
+        for buffer, x, pad in zip(buffers, inputs, self.pads):
             buffer[:batch].copy_(x)
             buffer[batch:].fill_(pad)  # rows a larger batch filled earlier must not write into the cache
+        if entry is None:  # prepared on this call's inputs: its first run is this call's
+            entry = self.captured[full] = _Prepared(buffers, self.runner.prepare(buffers))
         return tuple(out[:batch] for out in entry.run())
-
-    def _prepare(self, key: tuple, like: tuple[torch.Tensor, ...]) -> _Prepared:
-        bucket = key[0]
-        inputs = tuple(torch.full((bucket, *x.shape[1:]), pad, dtype=x.dtype, device=x.device)
-                       for x, pad in zip(like, self.pads))
-        entry = self.captured[key] = _Prepared(inputs, self.runner.prepare(inputs))
-        return entry

@@ -7,12 +7,14 @@ by running its decode steps in lockstep across the EP group:
 
 1. Prefill dispatches exactly. A rank whose prompts are in answers its peers' rounds
    (:func:`glm52.parallel.serve_experts`) until every peer's prefill is done: a barrier.
-2. Before each decode step the peers agree on the largest live batch among them (and check that
-   they speculate alike) with one all-reduce of host integers. It travels over the group's CPU
-   side (gloo): no device value is read.
-3. Each forward of the step dispatches by capacity, sized from that batch and the forward's tokens
+2. Before each decode step the peers agree on the largest live batch among them, rounded up to
+   a power of two (the batch bucket), and on the widest block table the step may need (and check
+   that they speculate alike) with one all-reduce of host integers. It travels over the group's
+   CPU side (gloo): no device value is read.
+3. Each forward of the step dispatches by capacity, sized from that bucket and the forward's tokens
    per sequence (:meth:`LockstepDecode.forwards`), so every peer runs the same MoE layers with the
-   same capacities in the same order.
+   same capacities in the same order. With CUDA graphs or compiled forwards the peers also prepare
+   the same shapes (bucket, table width, capacity) at the same forward.
 4. A rank with no live sequence (all done, none given, or its step failed) keeps answering: it runs
    the step's capacity rounds with no tokens of its own, from the same schedule, until every peer
    reports an empty batch.
@@ -23,6 +25,7 @@ from __future__ import annotations
 import torch
 import torch.distributed as dist
 
+from .graphs import batch_bucket
 from .parallel import (_ACTIVE, _LAYER, _MODE, _ROWS, ParallelMoE, _exchange_header, _serve_capacity_round,
                        serve_experts, set_dispatch)
 
@@ -43,8 +46,10 @@ class LockstepDecode:
         self.target_layers = list(range(main))  # registry indices of the target forward's MoE layers
         self.mtp_layers = list(range(main, len(self.registry)))[:1]  # the first MTP layer's, if it has experts
         self.phase = "idle"
-        self.batch = 0  # largest live batch among the peers in the current step
-        self.step_start = 0  # handle.capacity_rounds when the current step began
+        self.batch = 0  # batch bucket of the largest live batch among the peers in the current step
+        self.blocks = 0  # the widest block table any peer's step needs (a power of two)
+        self.next_forward = 0  # forwards of the current step this rank has dispatched
+        self.forwards_run = self.forwards_served = 0  # decode forwards run with tokens / served without
 
     # ---- the schedule every peer follows -------------------------------------------------------
     def forwards(self) -> list[tuple[list[int], int]]:
@@ -61,11 +66,10 @@ class LockstepDecode:
         its slice of the group's ``batch x width`` tokens."""
         return -(-self.batch * width // self.handle.config.tp)
 
-    def rounds(self) -> list[tuple[int, int]]:
-        """(registry index, capacity rows) of each capacity round of the current step."""
+    def rounds(self, width: int, layers: list[int]) -> list[tuple[int, int]]:
+        """(registry index, capacity rows) of the capacity rounds of a forward."""
         k = self.model.config.num_experts_per_tok
-        return [(layer, self.capacity(width) * min(k, self.registry[layer].experts.num_experts))
-                for layers, width in self.forwards() for layer in layers]
+        return [(layer, self.capacity(width) * min(k, self.registry[layer].experts.num_experts)) for layer in layers]
 
     # ---- phases -----------------------------------------------------------------------------------
     def begin(self) -> None:
@@ -77,20 +81,26 @@ class LockstepDecode:
         serve_experts(self.model)
         self.phase, self.batch = "decode", 0  # no step under way yet
 
-    def agree(self, batch: int) -> int:
-        """This rank's live ``batch`` -> the largest among the EP peers (0: every peer is done)."""
-        mine = torch.tensor([batch, self.spec_steps, -self.spec_steps], dtype=torch.int64)  # host memory: gloo
+    def agree(self, batch: int, blocks: int = 0) -> int:
+        """This rank's live ``batch`` and the block-table width its step needs -> the batch bucket of
+        the largest batch among the EP peers (0: every peer is done)."""
+        mine = torch.tensor([batch, blocks, self.spec_steps, -self.spec_steps], dtype=torch.int64)  # host memory: gloo
         dist.all_reduce(mine, op=dist.ReduceOp.MAX, group=self.handle.ep_group)
-        largest, spec_max, spec_min = mine[0].item(), mine[1].item(), -mine[2].item()
+        largest, widest, spec_max, spec_min = mine[0].item(), mine[1].item(), mine[2].item(), -mine[3].item()
         if spec_max != spec_min:
             raise RuntimeError(f"lockstep decode: EP peers speculate with different spec_steps ({spec_min} .. "
                                f"{spec_max}); every rank's Engine must use the same spec_steps")
-        self.batch, self.step_start = largest, self.handle.capacity_rounds
-        return largest
+        self.batch, self.blocks, self.next_forward = batch_bucket(largest) if largest else 0, widest, 0
+        return self.batch
 
-    def dispatch(self, width: int) -> None:
-        """Capacity dispatch for the next forward, of ``width`` tokens per sequence at most."""
-        set_dispatch(self.model, "capacity", self.capacity(width))
+    def dispatch(self, width: int) -> int:
+        """Capacity dispatch for the step's next forward, of ``width`` tokens per sequence at most;
+        -> its capacity (tokens per rank)."""
+        capacity = self.capacity(width)
+        set_dispatch(self.model, "capacity", capacity)
+        self.next_forward += 1
+        self.forwards_run += 1
+        return capacity
 
     def finish(self) -> None:
         """Answer the peers until every one of them is done (after this rank's last step, or after
@@ -98,20 +108,22 @@ class LockstepDecode:
         if self.phase == "prefill":
             serve_experts(self.model)
         elif self.phase == "decode" and self.batch:
-            self._serve(self.rounds()[self.handle.capacity_rounds - self.step_start:])
+            self._serve(self.forwards()[self.next_forward:])
         if self.phase != "idle":
             while self.agree(0):
-                self._serve(self.rounds())
+                self._serve(self.forwards())
         self.phase = "idle"
         set_dispatch(self.model, "exact")
 
-    def _serve(self, rounds: list[tuple[int, int]]) -> None:
+    def _serve(self, forwards: list[tuple[list[int], int]]) -> None:
         handle, weight = self.handle, self.model.model.embed_tokens.weight
         empty = torch.empty(0, weight.shape[1], dtype=weight.dtype, device=weight.device)
         idle = torch.zeros(handle.config.ep, dtype=torch.int64, device=weight.device)
-        for layer, cap in rounds:
-            head = _exchange_header(handle, 0, -1, 0, idle, weight.device)
-            torch._assert_async(((head[:, _ACTIVE] == 0) | (head[:, _LAYER] == layer) & (head[:, _MODE] == 1)
-                                 & (head[:, _ROWS] == cap)).all(),
-                                "lockstep decode: an EP peer is not at the MoE layer and capacity of the schedule")
-            _serve_capacity_round(self.registry, layer, cap, empty)
+        for layers, width in forwards:
+            for layer, cap in self.rounds(width, layers):
+                head = _exchange_header(handle, 0, -1, 0, idle, weight.device)
+                torch._assert_async(((head[:, _ACTIVE] == 0) | (head[:, _LAYER] == layer) & (head[:, _MODE] == 1)
+                                     & (head[:, _ROWS] == cap)).all(),
+                                    "lockstep decode: an EP peer is not at the MoE layer and capacity of the schedule")
+                _serve_capacity_round(self.registry, layer, cap, empty)
+            self.forwards_served += 1

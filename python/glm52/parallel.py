@@ -113,7 +113,6 @@ class ParallelHandle:
     dp_group: object = None  # the ranks with this tp_rank, one per data-parallel group
     ep_group: object = None
     cp_group: object = None  # cp consecutive ranks of the TP group (None when cp = 1)
-    capacity_rounds: int = 0  # capacity dispatch rounds taken part in (lockstep decode resumes a failed step)
 
     def __post_init__(self) -> None:
         if not 0 <= self.rank < self.config.world_size:
@@ -419,7 +418,6 @@ def dispatch_combine(moe: ParallelMoE, x: torch.Tensor, weights: torch.Tensor, i
         y = _serve(moe.registry, got, x, [moe.index] * pc.ep, [cap] * pc.ep)
         back = _all_to_all(_bytes(y), pc.ep * cap, None, None, handle.ep_group)
         pair_y = back.view(x.dtype).view(-1, x.shape[1])[slot]
-        handle.capacity_rounds += 1
     return _combine(pair_y.view(t, k, x.shape[1]), weights, x.dtype)
 
 
@@ -512,7 +510,6 @@ def _serve_capacity_round(registry: list, layer: int, cap: int, empty: torch.Ten
     got = _all_to_all(buf, ep * cap, None, None, handle.ep_group)
     y = _serve(registry, got, empty, [layer] * ep, [cap] * ep)
     _all_to_all(_bytes(y), ep * cap, None, None, handle.ep_group)
-    handle.capacity_rounds += 1
 
 
 # ---- the parallel model ------------------------------------------------------------------------------
