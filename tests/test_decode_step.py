@@ -13,6 +13,7 @@ from glm52 import GLM52Config, GLM52ForCausalLM, synthetic
 from glm52.checkpoint import init_random_, quantize_checkpoint, save_checkpoint
 from glm52.counters import OpCounter
 from glm52.engine import Engine, SamplingParams
+from glm52.graphs import CompiledStep, DecodeGraphs
 from glm52.kv_cache import BlockAllocator, paged_slots
 from glm52.layers import Experts
 from conftest import poisoned
@@ -219,6 +220,31 @@ def test_compiled_decode_with_inductor_matches_eager():
     engine = Engine(model, spec_steps=0, cache_bytes=4 << 20, compiled_decode=True)
     assert engine.generate(batch, 3).tokens == want.tokens
     assert len(engine.graphs.captured) == 1
+
+
+def test_decode_graphs_run_the_forward_once_per_call():
+    """Every call runs the forward exactly once, the one that prepares a shape included (under
+    expert dispatch each run is a round of collectives the peers answer once); padding rows hold
+    their pad value; ``bucket`` and ``key`` select prepared entries."""
+    runs = torch.zeros((), dtype=torch.int64)
+
+    def forward(x: torch.Tensor, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        runs.add_(1)  # a side effect of every real run (tracing does not execute it)
+        return x * 2, positions.clamp_min(-1)
+
+    graphs = DecodeGraphs(CompiledStep(forward, "eager"), pads=(0, -1))
+    x, positions = torch.arange(6.).view(3, 2), torch.tensor([[4], [5], [6]])
+    out, pos = graphs(x, positions)
+    assert runs == 1 and torch.equal(out, x * 2) and torch.equal(pos, positions)
+    entry = graphs.captured[(4, ((2,), torch.float32), ((1,), torch.int64))]  # 3 rows in a bucket of 4
+    assert torch.equal(entry.inputs[1][3:], torch.tensor([[-1]]))
+    graphs(x[:1], positions[:1])
+    graphs(x, positions, bucket=8, key=("capacity", 16))
+    assert runs == 3 and len(graphs.captured) == 3  # buckets 4 (from 3 rows), 1, and 8 with its key
+    graphs(x, positions)
+    assert runs == 4 and len(graphs.captured) == 3
+    with pytest.raises(ValueError, match="bucket"):
+        graphs(x, positions, bucket=2)
 
 
 def test_compiled_decode_option_is_checked():
