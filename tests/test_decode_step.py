@@ -139,8 +139,9 @@ def test_kernel_cache_decode_splits_kv_once_per_step(kernel_model, monkeypatch):
 
 def test_decode_forwards_compile_without_graph_breaks():
     """``torch.compile(fullgraph=True)`` fails on any host sync or Python-side read of a tensor:
-    the proof that the forwards CUDA graphs capture need none (the target step, the MTP catch-up
-    and a later draft step reusing the shared top-k). Same outputs as eager."""
+    the proof that the forwards CUDA graphs capture need none (the target step, and the whole draft:
+    the MTP catch-up, then draft steps reusing the shared top-k, greedy and sampled). Same outputs
+    as eager."""
     model = init_random_(GLM52ForCausalLM(GLM52Config.preset("tiny").replace(num_hidden_layers=2,
                                                                              first_k_dense_replace=1)), 0).eval()
     engine = Engine(model, spec_steps=0, cache_bytes=8 << 20)
@@ -152,16 +153,21 @@ def test_decode_forwards_compile_without_graph_breaks():
     positions = torch.tensor([[len(p)] for p in batch])
     ids = torch.tensor([[p[-1]] for p in batch])
     hidden = torch.randn(2, 1, model.config.hidden_size)
-    shared = torch.tensor([[[0, 3, 5, -1]], [[1, 2, 64, 70]]]).int()
-    cases = [(engine._decode_forward, (ids, positions, table)),
-             (engine._mtp_forward, (hidden, ids, positions, table)),
-             (engine._mtp_forward, (hidden, ids, positions + 1, table, shared))]
-    for forward, inputs in cases:
+    cases = [(engine._decode_forward, (ids, positions, table), None),
+             (engine._draft_forward, (hidden, ids, positions, table), SamplingParams(temperature=0.0)),
+             (engine._draft_forward, (hidden, ids, positions, table), SamplingParams(temperature=1.0, seed=3))]
+    engine.spec_steps = 2
+    for forward, inputs, sp in cases:
+        engine._sampling = sp
         compiled = torch.compile(forward, fullgraph=True, backend="eager")
         with torch.no_grad():
+            engine._seed.fill_(3), engine._offset.zero_()
             want = forward(*inputs)
+            engine._offset.zero_()
             got = compiled(*inputs)
         torch.testing.assert_close(got, want)
+        if sp is not None and sp.temperature:
+            assert engine._offset.item() == 2  # one draw per draft step, counted on the device
 
 
 @pytest.mark.parametrize("spec_steps, lengths", [(0, (5, 60, 9)), (3, (60,))])
@@ -179,7 +185,7 @@ def test_compiled_decode_emits_the_eager_engines_tokens(spec_steps, lengths):
     assert {key[0] for key in engine.graphs.captured} == {len(lengths) + (len(lengths) == 3)}  # 3 rows in 4
     assert len({key[3][0] for key in engine.graphs.captured}) == 2  # table widths of 1 and 2 blocks
     if spec_steps:
-        assert engine.draft_graphs.captured and engine.shared_draft_graphs.captured
+        assert engine.draft_graphs.captured
         assert got.verify_steps < 5  # the drafts were accepted: this was no plain decoding
 
 

@@ -28,14 +28,14 @@ def ckpt(tmp_path_factory):
 
 
 class _FailingAllocator(BlockAllocator):
-    """Full at its 8th reservation: prefill reserves twice (the chunk, the MTP catch-up), a
-    speculative round four times (catch-up, two draft steps, verification)."""
+    """Full at its 6th reservation: prefill reserves twice (the chunk, the MTP catch-up), a
+    speculative round twice (the draft, the verification)."""
 
     calls, lockstep, failed_after = 0, None, None
 
     def reserve(self, seq_id: int, tokens: int) -> None:
         self.calls += 1
-        if self.calls == 8:
+        if self.calls == 6:
             self.failed_after = self.lockstep.next_forward
             raise CacheFullError("the test's allocator is full")
         super().reserve(seq_id, tokens)
@@ -59,8 +59,8 @@ def _worker(rank: int, ckpt) -> dict:
     out = {(n, len(p)): _case(model, p, n) for n in (0, 3) for p in (PROMPTS, PROMPTS[:1])}
     # Compiled forwards (fullgraph, gloo collectives inside): the peers prepare the same shapes.
     out["compiled"] = _case(model, PROMPTS, 3, compiled="eager")
-    # Rank 1's cache runs out in the middle of its second speculative round, after the MTP catch-up
-    # forward's capacity round: it serves the rest of that step, then every rank raises.
+    # Rank 1's cache runs out in the middle of its second speculative round, after the draft
+    # forward's capacity rounds: it serves the rest of that step, then every rank raises.
     engine = Engine(model, cache_bytes=8 << 20, spec_steps=3)
     if rank == 1:
         engine.allocator = _FailingAllocator(engine.allocator.num_blocks)
@@ -95,7 +95,7 @@ def test_lockstep_decode_matches_one_process_without_host_reads(ckpt, tmp_path):
     assert lead["prepared"] == other["prepared"] and lead["prepared"], (lead["prepared"], other["prepared"])
     for r in ranks:
         assert r["failure"] is not None and "rank 1: CacheFullError: the test's allocator" in r["failure"], r
-    assert ranks[1]["failed_after_forwards"] == 1  # the MTP catch-up; the rest of the step was served
+    assert ranks[1]["failed_after_forwards"] == 1  # the draft; the verification was served
 
 
 def test_lockstep_schedule_follows_the_step():
@@ -108,7 +108,7 @@ def test_lockstep_schedule_follows_the_step():
     plain, spec = LockstepDecode(model, 0), LockstepDecode(model, 3)
     main = config.num_hidden_layers - config.first_k_dense_replace  # MoE layers of the target
     assert plain.forwards() == [(list(range(main)), 1)]
-    assert spec.forwards() == [([main], 4), ([main], 1), ([main], 1), (list(range(main)), 4)]
+    assert spec.forwards() == [([main] * 3, 4), (list(range(main)), 4)]
     spec.batch = 4  # a batch bucket of 4 sequences x 4 tokens over 2 TP ranks: 8 tokens per rank
     per = config.n_routed_experts // 4  # experts per rank; a token sends at most min(k, per) rows to one
     assert spec.capacity(4) == 8 and spec.capacity(1) == 2

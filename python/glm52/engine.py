@@ -6,7 +6,9 @@ target cache holding positions ``0 .. L-2``:
 1. *Draft* (``spec_steps = n > 0``): the MTP layer first catches up on the positions whose target
    hidden states are new (position t takes ``h_t`` and ``x_{t+1}``), its last output drafts
    ``d_1``; then ``n - 1`` single steps each feed the MTP layer's own output and the previous
-   draft. With ``index_share_for_mtp_iteration`` those steps reuse the first step's top-k.
+   draft. With ``index_share_for_mtp_iteration`` those steps reuse the first step's top-k. The
+   whole draft is one forward of device tensors (one graph replay per round), drafts sampled on
+   the device.
 2. *Verify*: one target forward over ``[x_{L-1}, d_1 .. d_n]`` at positions ``L-1 .. L-1+n``, then
    ``spec_verify_greedy`` or ``spec_verify_sampling`` emits 1 .. n+1 tokens.
 3. *Roll back*: rejected drafts stay in the cache past the committed length, are never attended
@@ -160,8 +162,8 @@ class Engine:
                 return None
             return DecodeGraphs(CompiledStep(forward, backend) if backend else GraphReplay(forward), pads)
         self.graphs = graphs(self._decode_forward, (0, -1, -1))
-        self.draft_graphs = graphs(self._mtp_forward, (0, 0, -1, -1))
-        self.shared_draft_graphs = graphs(self._mtp_forward, (0, 0, -1, -1, -1))
+        self.draft_graphs = graphs(self._draft_forward, (0, 0, -1, -1))
+        self._sampling = SamplingParams(temperature=0.0)  # what the draft forward samples with
         # Philox key and stream of every draw, on the device (CUDA graphs replay the same pointers).
         self._seed = torch.zeros((), dtype=torch.int64, device=self.device)
         self._offset = torch.zeros((), dtype=torch.int64, device=self.device)
@@ -169,16 +171,16 @@ class Engine:
         self.step_counts: list[OpCounts] = []
 
     # ---- one forward over chosen positions ------------------------------------------------
-    def _table(self, seqs: list[_Sequence], positions: list[list[int]], width: int = 0,
+    def _table(self, seqs: list[_Sequence], positions: list[list[int]], width: int = 0, beyond: int = 0,
                ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Reserve blocks for ``positions[i]`` of ``seqs[i]`` and return the device ``positions``
-        (ragged, −1 padded to at least ``width`` columns) and block table, its width rounded up to a
-        power of two (few shapes for CUDA graphs and compilation; under lockstep decode with them,
-        the width every EP peer agreed on). Host values only."""
+        """Reserve blocks for ``positions[i]`` of ``seqs[i]`` (and ``beyond`` positions past them) and
+        return the device ``positions`` (ragged, −1 padded to at least ``width`` columns) and block
+        table, its width rounded up to a power of two (few shapes for CUDA graphs and compilation;
+        under lockstep decode with them, the width every EP peer agreed on). Host values only."""
         width = max(width, *(len(p) for p in positions))
         padded = torch.full((len(seqs), width), -1, dtype=torch.int64)
         for row, (seq, pos) in enumerate(zip(seqs, positions)):
-            self.allocator.reserve(seq.seq_id, pos[-1] + 1)
+            self.allocator.reserve(seq.seq_id, pos[-1] + 1 + beyond)
             padded[row, : len(pos)] = torch.tensor(pos)
         blocks = max(len(self.allocator.tables[s.seq_id]) for s in seqs)
         blocks = 1 << (blocks - 1).bit_length()
@@ -242,21 +244,37 @@ class Engine:
         hidden = self.model.hidden_states(ids, view, check_values=False)
         return hidden, self.model.lm_head(hidden)
 
-    def _mtp_forward(self, hidden: torch.Tensor, next_ids: torch.Tensor, positions: torch.Tensor, table: torch.Tensor,
-                     shared_topk: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """The MTP draft forward as a function of device tensors only (captured like
-        :meth:`_decode_forward`): ``hidden [B, T, hidden]``, ``next_ids``/``positions [B, T]``,
-        ``table [B, W]``, the shared top-k ``[B, T, k]`` of later draft steps -> (MTP hidden states,
-        logits, the slots attended to)."""
-        view = CacheView.from_block_table(self.cache, table, positions, table.shape[1] * BLOCK_SIZE)
-        return self.model.mtp(hidden, next_ids, view=view, shared_topk=shared_topk, check_values=False)
-
-    def _mtp(self, width: int, *inputs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """:meth:`_mtp_forward` of ``width`` tokens per sequence at most, replayed from CUDA graphs
-        or compiled when on."""
-        options = self._dispatch(width)
-        graphs = self.draft_graphs if len(inputs) == 4 else self.shared_draft_graphs
-        return self._mtp_forward(*inputs) if graphs is None else graphs(*inputs, **options)
+    def _draft_forward(self, hidden: torch.Tensor, next_ids: torch.Tensor, positions: torch.Tensor,
+                       table: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The whole draft of a round as a function of device tensors only (captured like
+        :meth:`_decode_forward`): the MTP catch-up over ``hidden [B, T, hidden]`` (h_t of the fresh
+        positions), ``next_ids``/``positions [B, T]`` (−1: padding), then ``spec_steps - 1`` single
+        steps at the positions after each row's last fresh one (reserved in ``table [B, W]``), each
+        token drawn with :attr:`_sampling` -> (drafts ``[B, n]`` int64, their distributions
+        ``[B, n, V]``, or ``[B, 0]`` when greedy)."""
+        n, sp = self.spec_steps, self._sampling
+        span = table.shape[1] * BLOCK_SIZE
+        view = CacheView.from_block_table(self.cache, table, positions, span)
+        out, logits, topk = self.model.mtp(hidden, next_ids, view=view, check_values=False)
+        last = (positions >= 0).sum(dim=1).clamp_min(1) - 1  # each row's last fresh position (padding rows: 0)
+        rows = torch.arange(positions.shape[0], device=positions.device)
+        h, step_logits, shared = out[rows, last][:, None], logits[rows, last], topk[rows, last][:, None]
+        at = positions[rows, last]
+        drafts, probs = [], []
+        for j in range(n):
+            if j:
+                step = torch.where(at >= 0, at + j, -1)[:, None]  # padding rows stay padding
+                view = CacheView.from_block_table(self.cache, table, step, span)
+                share = shared if self.config.index_share_for_mtp_iteration else None
+                h, step_logits, _ = self.model.mtp(h, drafts[-1][:, None], view=view, shared_topk=share,
+                                                   check_values=False)
+                step_logits = step_logits[:, 0]
+            token, q = self._next_tokens(step_logits, sp)
+            drafts.append(token)
+            probs.append(q)
+        if sp.temperature == 0:
+            return torch.stack(drafts, dim=1), logits.new_empty(positions.shape[0], 0)
+        return torch.stack(drafts, dim=1), torch.stack(probs, dim=1)
 
     # ---- sampling -------------------------------------------------------------------------------
     def _probs(self, logits: torch.Tensor, sp: SamplingParams) -> torch.Tensor:
@@ -277,33 +295,26 @@ class Engine:
     def _draft(self, seqs: list[_Sequence], sp: SamplingParams):
         """-> (drafts ``[B, n]`` int64 on the device, draft probabilities ``[B, n, V]`` or None when greedy)."""
         n = self.spec_steps
-        # Catch-up step over the fresh positions: position t pairs h_t with x_{t+1}.
+        # Catch-up over the fresh positions (position t pairs h_t with x_{t+1}); the later draft
+        # steps' positions are reserved too. At most n + 1 fresh positions: every EP peer prepares
+        # that width when shapes are shared.
         positions = [list(range(s.fresh_from, s.fresh_from + s.fresh_hidden.shape[0])) for s in seqs]
-        # At most n + 1 fresh positions; every EP peer prepares that width when shapes are shared.
-        padded, table = self._table(seqs, positions, n + 1 if self._shared_shapes else 0)
+        padded, table = self._table(seqs, positions, n + 1 if self._shared_shapes else 0, beyond=n - 1)
         width = padded.shape[1]
         hidden = torch.zeros(len(seqs), width, self.config.hidden_size, dtype=self.dtype, device=self.device)
         next_ids = []
         for row, s in enumerate(seqs):
             hidden[row, : s.fresh_hidden.shape[0]] = s.fresh_hidden
             next_ids.append(s.tokens[s.fresh_from + 1: s.fresh_from + 1 + s.fresh_hidden.shape[0]])
-        out, logits, topk = self._mtp(n + 1, hidden, self._ids(next_ids, width), padded, table)
-        last = (padded >= 0).sum(dim=1) - 1  # each row's last fresh position, on the device
-        rows = torch.arange(len(seqs), device=self.device)
-        h, step_logits, shared = out[rows, last][:, None], logits[rows, last], topk[rows, last][:, None]
-        drafts, probs = [], []
-        for j in range(n):
-            if j:
-                pos = [[s.fresh_from + s.fresh_hidden.shape[0] - 1 + j] for s in seqs]
-                inputs = (h, drafts[-1][:, None], *self._table(seqs, pos))
-                shares = self.config.index_share_for_mtp_iteration
-                h, step_logits, _ = self._mtp(1, *inputs, shared) if shares else self._mtp(1, *inputs)
-                step_logits = step_logits[:, 0]
-            token, q = self._next_tokens(step_logits, sp)
-            drafts.append(token)
-            probs.append(q)
-        draft_probs = torch.stack(probs, dim=1) if sp.temperature > 0 else None
-        return torch.stack(drafts, dim=1), draft_probs
+        self._sampling = sp
+        options = self._dispatch(n + 1)
+        inputs = (hidden, self._ids(next_ids, width), padded, table)
+        if self.draft_graphs is None:
+            drafts, probs = self._draft_forward(*inputs)
+        else:  # one prepared forward per sampling rule too: its scalars are constants of the graph
+            options["key"] = options.get("key", ()) + (sp.temperature, sp.top_k, sp.top_p)
+            drafts, probs = self.draft_graphs(*inputs, **options)
+        return drafts, probs if sp.temperature > 0 else None
 
     # ---- the loop ------------------------------------------------------------------------------
     @torch.no_grad()

@@ -53,13 +53,14 @@ class LockstepDecode:
 
     # ---- the schedule every peer follows -------------------------------------------------------
     def forwards(self) -> list[tuple[list[int], int]]:
-        """A decode step's forwards in order: (registry indices of their MoE layers, tokens per
-        sequence at most). Speculative rounds: the MTP catch-up (up to ``n + 1`` fresh positions),
-        ``n - 1`` single draft steps, the verification of ``n + 1`` tokens."""
+        """A decode step's forwards in order: (registry indices of the MoE layers they run, in order;
+        tokens per sequence at most, which sizes their capacity). Speculative rounds: the draft (the
+        MTP catch-up over up to ``n + 1`` fresh positions, then ``n - 1`` single steps, all at the
+        catch-up's capacity) and the verification of ``n + 1`` tokens."""
         n = self.spec_steps
         if n == 0:
             return [(self.target_layers, 1)]
-        return [(self.mtp_layers, n + 1)] + [(self.mtp_layers, 1)] * (n - 1) + [(self.target_layers, n + 1)]
+        return [(self.mtp_layers * n, n + 1), (self.target_layers, n + 1)]
 
     def capacity(self, width: int) -> int:
         """Tokens per rank of a forward with ``width`` tokens per sequence: each TP rank dispatches
