@@ -3,11 +3,11 @@
 
 The decode forwards are functions of device tensors with the batch first and read nothing on the
 host: the target forward of ``ids``/``positions [B, T]`` and the block table ``[B, W]``
-(:meth:`glm52.engine.Engine._decode_forward`), and the MTP draft forward, which also takes the
-hidden states and, for later draft steps, the shared top-k (:meth:`glm52.engine.Engine._mtp_forward`).
+(:meth:`glm52.engine.Engine._decode_forward`), and the draft forward of a speculative round, which
+also takes the target's hidden states (:meth:`glm52.engine.Engine._draft_forward`).
 Each is prepared once per (batch bucket, input shapes, extra key) and run with new inputs copied
 into the prepared buffers. Batches are padded up to a power of two (or a bucket the caller gives)
-with padding rows (position −1, block table −1, top-k −1): they store nothing in the cache and
+with padding rows (position −1, block table −1): they store nothing in the cache and
 every op is row-wise, so they never change the real rows. They are not free: the MoE routes them
 like any token (id 0), so they take grouped-GEMM rows and, under expert dispatch, capacity.
 
@@ -122,7 +122,7 @@ class DecodeGraphs:
     else the forward's graph depends on (hashable; the expert dispatch capacity).
 
     ``pads[i]``: the value the padding rows of input i hold (ids and hidden states 0; positions,
-    block tables and top-k −1). The results may be views of the runner's output buffers: read them
+    block tables −1). The results may be views of the runner's output buffers: read them
     before the next call of the same graphs.
     """
 
