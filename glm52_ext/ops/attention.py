@@ -48,6 +48,7 @@ import torch
 from ._outputs import functional_or_out
 
 __all__ = [
+    "HADAMARD_DIMS",
     "hadamard_rotate",
     "indexer_cache_write",
     "indexer_logits",
@@ -121,6 +122,9 @@ def indexer_cache_write(
         and scales equal ``quant_fp8_per_token_group(hadamard_rotate(k), 128, scale_ue8m0)``.
     """
     torch.ops.glm52.indexer_cache_write(k, slots, cache, scale_ue8m0, rope=rope, hadamard=hadamard)
+
+
+HADAMARD_DIMS = (32, 64, 128)  # the last-dim sizes hadamard_rotate takes (one warp per row)
 
 
 def hadamard_rotate(x: torch.Tensor, *, out: torch.Tensor | None = None) -> torch.Tensor:
@@ -516,7 +520,7 @@ def _indexer_cache_write(k, slots, cache, scale_ue8m0=False, *, rope=None, hadam
 
 @torch.library.register_fake("glm52::hadamard_rotate")
 def _hadamard_rotate(x):
-    torch._check(x.dim() >= 1 and x.shape[-1] in (32, 64, 128),
+    torch._check(x.dim() >= 1 and x.shape[-1] in HADAMARD_DIMS,
                  lambda: f"glm52.hadamard_rotate: argument 'x' must have shape [..., n] with n 32, 64 or 128, "
                          f"got {list(x.shape)}")
     return x.new_empty(x.shape, dtype=torch.float32)

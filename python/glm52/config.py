@@ -39,9 +39,10 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+from glm52_ext.ops.attention import HADAMARD_DIMS
+
 MODEL_TYPE = "glm_moe_dsa"
 INDEXER_PRECISIONS = ("exact", "fp8")
-HADAMARD_DIMS = (32, 64, 128)  # the sizes glm52_ext.ops.hadamard_rotate takes
 FP8_COMPUTE_MODES = ("dequant", "fp8")
 MOE_ROUTER_DTYPES = ("float32", "bfloat16")  # the router GEMM's dtype; the published releases say float32
 SUPPORTED_CHECKPOINTS = ("zai-org/GLM-5.2-FP8", "zai-org/GLM-5.2", "zai-org/GLM-5.1-FP8", "zai-org/GLM-5.1",

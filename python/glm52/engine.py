@@ -101,8 +101,8 @@ class Engine:
     bookkeeping, ids are not range-checked on the device, and sampling, drafting and verification
     stay on the device with their Philox ``seed``/``offset`` as device tensors (the offset advances
     on the device after every draw). ``cuda_graphs`` (default: on for CUDA) captures the decode
-    target forwards (the plain step and the verification) and the MTP draft forwards (the catch-up
-    over the fresh positions and each later draft step) per (batch bucket, input shapes) and replays
+    target forward (the plain step and the verification) and the draft forward (the MTP catch-up
+    over the fresh positions and every later draft step) per (batch bucket, input shapes) and replays
     them (:mod:`glm52.graphs`); under expert dispatch across DP groups, per the batch bucket and
     block-table width all EP peers agreed on for the step (:mod:`glm52.lockstep`).
     ``compiled_decode`` runs the same forwards, per the same buckets,
@@ -228,12 +228,11 @@ class Engine:
         lengths = [len(n) for n in new] if isinstance(new, list) else [new.shape[1]] * len(seqs)
         positions, table = self._table(seqs, [list(range(s, s + n)) for s, n in zip(start, lengths)])
         ids = self._ids(new, positions.shape[1]) if isinstance(new, list) else new
-        if not decode:
-            return self._decode_forward(ids, positions, table)
-        options = self._dispatch(positions.shape[1])
-        if self.graphs is None:
-            return self._decode_forward(ids, positions, table)
-        return self.graphs(ids, positions, table, **options)
+        if decode:
+            options = self._dispatch(positions.shape[1])
+            if self.graphs is not None:
+                return self.graphs(ids, positions, table, **options)
+        return self._decode_forward(ids, positions, table)
 
     def _decode_forward(self, ids: torch.Tensor, positions: torch.Tensor, table: torch.Tensor,
                         ) -> tuple[torch.Tensor, torch.Tensor]:

@@ -27,7 +27,7 @@ import torch.distributed as dist
 
 from .graphs import batch_bucket
 from .parallel import (_ACTIVE, _LAYER, _MODE, _ROWS, ParallelMoE, _exchange_header, _serve_capacity_round,
-                       serve_experts, set_dispatch)
+                       serve_experts, set_layers_dispatch)
 
 __all__ = ["LockstepDecode"]
 
@@ -75,7 +75,7 @@ class LockstepDecode:
     # ---- phases -----------------------------------------------------------------------------------
     def begin(self) -> None:
         self.phase = "prefill"
-        set_dispatch(self.model, "exact")
+        set_layers_dispatch(self.registry, "exact")
 
     def prefill_done(self) -> None:
         """Serve the peers' prefill rounds until every peer is here."""
@@ -98,7 +98,7 @@ class LockstepDecode:
         """Capacity dispatch for the step's next forward, of ``width`` tokens per sequence at most;
         -> its capacity (tokens per rank)."""
         capacity = self.capacity(width)
-        set_dispatch(self.model, "capacity", capacity)
+        set_layers_dispatch(self.registry, "capacity", capacity)
         self.next_forward += 1
         self.forwards_run += 1
         return capacity
@@ -114,7 +114,7 @@ class LockstepDecode:
             while self.agree(0):
                 self._serve(self.forwards())
         self.phase = "idle"
-        set_dispatch(self.model, "exact")
+        set_layers_dispatch(self.registry, "exact")
 
     def _serve(self, forwards: list[tuple[list[int], int]]) -> None:
         handle, weight = self.handle, self.model.model.embed_tokens.weight

@@ -462,13 +462,18 @@ def set_dispatch(model: nn.Module, mode: str, capacity: int = 0) -> None:
     """Dispatch mode of every MoE layer: ``"exact"`` (prefill; reads the row counts on the host) or
     ``"capacity"`` (decode: at most ``capacity`` tokens per rank, no host read; every EP peer must
     use the same mode and capacity and be in the same forward)."""
+    set_layers_dispatch([m for m in model.modules() if isinstance(m, ParallelMoE)], mode, capacity)
+
+
+def set_layers_dispatch(layers: list[ParallelMoE], mode: str, capacity: int = 0) -> None:
+    """:func:`set_dispatch` of the given MoE layers (a model's registry: no walk over its modules,
+    which the engine would pay before every decode forward)."""
     if mode not in DISPATCH_MODES:
         raise ValueError(f"mode must be one of {DISPATCH_MODES}; got {mode!r}")
     if mode == "capacity" and capacity < 1:
         raise ValueError(f"capacity must be a positive token count for capacity dispatch; got {capacity}")
-    for module in model.modules():
-        if isinstance(module, ParallelMoE):
-            module.dispatch, module.capacity = mode, capacity
+    for layer in layers:
+        layer.dispatch, layer.capacity = mode, capacity
 
 
 @torch.no_grad()
@@ -612,7 +617,10 @@ def generate(engine, prompts: list[list[int]], max_new_tokens: int, sampling=Non
     mine = share(len(prompts), handle)
     error = None
     try:
-        result = engine.generate([prompts[i] for i in mine], max_new_tokens, sampling) if len(mine) else \
+        if len(mine):
+            result = engine.generate([prompts[i] for i in mine], max_new_tokens, sampling)
+        else:
+            result = None
             engine.serve_peers()
     except Exception as e:  # every rank must still reach the collectives below, or its peers hang
         kind = "value" if isinstance(e, ValueError) else "cache" if isinstance(e, CacheFullError) else "runtime"
